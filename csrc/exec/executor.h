@@ -1,0 +1,119 @@
+// Executor: a model's instances, each a worker thread with its own stream, running batches.
+#pragma once
+
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "exec/backend.h"
+#include "sched/dynamic_batcher.h"
+
+namespace modelserve {
+
+struct BatchStats {
+  uint64_t count = 0;  // batches of this size
+  int64_t compute_input_ns = 0;
+  int64_t compute_infer_ns = 0;
+  int64_t compute_output_ns = 0;
+};
+
+// Per-model statistics, cumulative since the model started (Triton's ModelStatistics shape).
+struct ModelStats {
+  uint64_t success_count = 0;   // requests
+  uint64_t failure_count = 0;   // requests that failed in the queue or in their batch
+  uint64_t execution_count = 0; // batches run
+  uint64_t inference_count = 0; // rows run
+  int64_t queue_ns = 0;         // summed over successful requests
+  int64_t compute_input_ns = 0;
+  int64_t compute_infer_ns = 0;
+  int64_t compute_output_ns = 0;
+  std::map<int64_t, BatchStats> batch_stats;  // by batch size (rows)
+  std::map<std::string, uint64_t> failures;   // by status code name
+  uint64_t queued = 0;          // in the batcher's queue now
+  uint64_t in_flight = 0;       // dispatched to an instance, not yet completed
+  int instances = 0;
+};
+
+struct ExecutorConfig {
+  std::string model;            // for messages
+  int64_t max_batch_size = 0;
+  Device device = Device::cpu();  // cpu, or cuda:N for GPU instances
+};
+
+// Note [Instance pipeline]
+// ~~~~~~~~~~~~~~~~~~~~~~~~
+// A CPU instance runs one batch at a time on its thread: gather the inputs into pooled host
+// buffers (a batch of one is passed through untouched), run the backend, and complete every
+// request with zero-copy row slices of the outputs.
+//
+// A GPU instance whose backend wants device memory has three streams, host-to-device, compute and
+// device-to-host, and takes two batches at once (free_slots counts two per instance). Its worker
+// thread gathers a batch into pinned pooled memory, enqueues the copy into device pooled memory
+// on the h2d stream, makes the compute stream wait on an event recorded after that copy, runs the
+// backend on the compute stream, and enqueues the copies of the outputs into pinned memory on the
+// d2h stream after an event on the compute stream. It then hands the batch to the instance's
+// completer thread, which waits on the batch's last event and completes the requests. The worker
+// is by then gathering the next batch, whose h2d copy runs while the current batch computes.
+// Ordering is by events only; nothing synchronises the device. Every device and pinned buffer of
+// a batch is released on the d2h stream (the last in its chain), so the pool reuses it only once
+// the device is done with it (Note [Pool streams]).
+//
+// Resizing: set_instance_count() creates backends on the calling thread and starts their
+// threads; removing instances retires idle ones first. A retiring instance takes no new batches,
+// finishes those it holds and exits; the call returns when they have. Queued requests wait in
+// the batcher throughout, so nothing is lost.
+class Executor final : public BatchSink {
+ public:
+  Executor(ExecutorConfig config, BackendFactory factory, std::function<void()> on_slot_free);
+  ~Executor() override;
+  Executor(const Executor&) = delete;
+  Executor& operator=(const Executor&) = delete;
+
+  void set_instance_count(int count);
+  int instance_count() const;
+  // Waits for every dispatched batch and stops all instances.
+  void stop();
+
+  size_t free_slots() const override;
+  void dispatch(Batch&& batch) override;
+
+  // Statistics; the batcher's queue length is added by the owner (Model).
+  ModelStats stats() const;
+  void record_failure(StatusCode code);  // a request failed before dispatch (timeout, cancel)
+
+ private:
+  struct Instance;
+  struct InFlight;
+
+  void worker(Instance* instance);
+  void completer(Instance* instance);
+  void run_batch(Instance& instance, Batch& batch);
+  void run_batch_on_device(Instance& instance, Batch& batch);
+  void finish(Instance& instance, Batch& batch, const TensorList& outputs, const RequestTimings& timings,
+              const Status& failure);
+  TensorList gather_inputs(const Batch& batch, const std::shared_ptr<MemoryResource>& resource,
+                           StreamView stream) const;
+  std::vector<std::string> requested_union(const Batch& batch) const;
+  std::string where(const Instance& instance) const;
+
+  const ExecutorConfig config_;
+  const BackendFactory factory_;
+  const std::function<void()> on_slot_free_;
+
+  mutable std::mutex mutex_;
+  std::vector<std::unique_ptr<Instance>> instances_;  // guarded by mutex_ (the vector and each
+                                                      // instance's work/busy/retiring fields)
+  bool stopping_ = false;                             // guarded by mutex_
+  std::mutex resize_mutex_;                           // serialises set_instance_count/stop
+
+  mutable std::mutex stats_mutex_;
+  ModelStats stats_;  // guarded by stats_mutex_
+};
+
+}  // namespace modelserve

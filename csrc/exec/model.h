@@ -1,0 +1,68 @@
+// Model: one served model version in the core: input checks, a DynamicBatcher and an Executor.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "exec/executor.h"
+#include "sched/dynamic_batcher.h"
+
+namespace modelserve {
+
+// A declared input or output: dims exclude the batch dimension when the model batches; -1 is a
+// variable dimension.
+struct TensorSpec {
+  std::string name;
+  DataType dtype = DataType::kFp32;
+  Shape dims;
+};
+
+struct ModelConfig {
+  std::string name;
+  int64_t version = 1;
+  BatcherConfig batching;      // batching.max_batch_size is the model's
+  int instance_count = 1;
+  Device device = Device::cpu();
+  std::vector<TensorSpec> inputs;   // empty = accept what comes (the backend checks)
+  std::vector<TensorSpec> outputs;  // empty = whatever the backend returns
+
+  std::string label() const { return "model '" + name + "' version " + std::to_string(version); }
+};
+
+class Model {
+ public:
+  Model(ModelConfig config, BackendFactory factory);
+  ~Model();
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+
+  const ModelConfig& config() const { return config_; }
+
+  // Checks the request against the declared inputs and outputs, assigns its id and enqueues it.
+  // Returns the id (for cancel). Throws Error when the request is refused; the request then stays
+  // with the caller, uncompleted.
+  uint64_t submit(RequestPtr& request);
+  bool cancel(uint64_t request_id);
+
+  void set_instance_count(int count);
+  int instance_count() const;
+  void set_batching(BatcherConfig batching);  // max_batch_size cannot change while serving
+  BatcherConfig batching() const;
+
+  // Stops taking requests; with drain, runs those queued first; then stops the instances.
+  void shutdown(bool drain);
+  ModelStats stats() const;
+
+ private:
+  void check_request(const Request& request) const;
+
+  ModelConfig config_;
+  std::atomic<uint64_t> next_id_{1};
+  DynamicBatcher batcher_;
+  Executor executor_;
+  std::atomic<bool> shut_down_{false};
+};
+
+}  // namespace modelserve

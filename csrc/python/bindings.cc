@@ -1,0 +1,448 @@
+// modelserve._core: the bindings. Private; modelserve/_native.py is its only importer.
+//
+// GIL rules: every call that can block (waits, resizing, shutdown, model construction) releases
+// the GIL; core threads take it only inside the Python backend adapter (py_backend.cc).
+#include <pybind11/functional.h>
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+
+#include "cuda/cuda_runtime.h"
+#include "exec/gather.h"
+#include "exec/model.h"
+#include "exec/native_backends.h"
+#include "memory/cuda_resources.h"
+#include "memory/default_resources.h"
+#include "memory/host_resource.h"
+#include "memory/pool_resource.h"
+#include "python/completion_queue.h"
+#include "python/dlpack.h"
+#include "python/py_backend.h"
+#include "python/py_tensor.h"
+
+namespace py = pybind11;
+using namespace modelserve;
+using namespace modelserve::python;
+
+namespace modelserve::python {
+void bind_bench(py::module_& m);
+}
+
+namespace {
+
+py::object* error_factory = nullptr;  // modelserve.errors.from_status, set at import
+
+[[noreturn]] void raise_status(const Status& s) { throw Error(s.code, s.message); }
+
+Device parse_device(const std::string& s) {
+  if (s == "cpu") return Device::cpu();
+  if (s == "cuda" || s == "gpu") return Device::cuda(0);
+  if (s.rfind("cuda:", 0) == 0) {
+    try {
+      return Device::cuda(std::stoi(s.substr(5)));
+    } catch (const std::exception&) {
+    }
+  }
+  MS_FAIL(kInvalidArgument, "device '", s, "' is not one of 'cpu', 'cuda', 'cuda:N'");
+}
+
+py::dict pool_stats_dict(const PoolStats& s) {
+  py::dict d;
+  d["bytes_in_use"] = s.bytes_in_use;
+  d["peak_bytes_in_use"] = s.peak_bytes_in_use;
+  d["bytes_held"] = s.bytes_held;
+  d["bytes_idle"] = s.bytes_idle;
+  d["limit"] = s.limit;
+  d["allocations"] = s.allocations;
+  d["deallocations"] = s.deallocations;
+  d["hits"] = s.hits;
+  d["misses"] = s.misses;
+  d["hit_rate"] = s.hit_rate();
+  d["upstream_allocations"] = s.upstream_allocations;
+  d["upstream_deallocations"] = s.upstream_deallocations;
+  return d;
+}
+
+py::dict timings_dict(const RequestTimings& t) {
+  py::dict d;
+  d["queue_ns"] = t.queue_ns;
+  d["compute_input_ns"] = t.compute_input_ns;
+  d["compute_infer_ns"] = t.compute_infer_ns;
+  d["compute_output_ns"] = t.compute_output_ns;
+  return d;
+}
+
+std::vector<TensorSpec> parse_specs(const std::vector<std::tuple<std::string, std::string, Shape>>& specs) {
+  std::vector<TensorSpec> out;
+  for (const auto& [name, dtype, dims] : specs) out.push_back({name, parse_datatype(dtype), dims});
+  return out;
+}
+
+void apply_batching_kwargs(BatcherConfig& b, const py::kwargs& kw) {
+  for (auto item : kw) {
+    const std::string key = py::str(item.first).cast<std::string>();
+    py::handle v = item.second;
+    if (key == "max_batch_size") b.max_batch_size = v.cast<int64_t>();
+    else if (key == "preferred_batch_sizes") b.preferred_batch_sizes = v.cast<std::vector<int64_t>>();
+    else if (key == "max_queue_delay_us") b.max_queue_delay_us = v.cast<int64_t>();
+    else if (key == "max_queue_size") b.max_queue_size = v.cast<size_t>();
+    else if (key == "max_queue_bytes") b.max_queue_bytes = v.cast<size_t>();
+    else if (key == "default_timeout_us") b.default_timeout_us = v.cast<int64_t>();
+    else if (key == "priority_levels") b.priority_levels = v.cast<uint32_t>();
+    else if (key == "default_priority_level") b.default_priority_level = v.cast<uint32_t>();
+    else MS_FAIL(kInvalidArgument, "unknown batching setting '", key, "'");
+  }
+}
+
+py::dict batching_dict(const BatcherConfig& b) {
+  py::dict d;
+  d["max_batch_size"] = b.max_batch_size;
+  d["preferred_batch_sizes"] = b.preferred_batch_sizes;
+  d["max_queue_delay_us"] = b.max_queue_delay_us;
+  d["max_queue_size"] = b.max_queue_size;
+  d["max_queue_bytes"] = b.max_queue_bytes;
+  d["default_timeout_us"] = b.default_timeout_us;
+  d["priority_levels"] = b.priority_levels;
+  d["default_priority_level"] = b.effective_default_level();
+  return d;
+}
+
+// The Python face of a Model: shuts it down with the GIL released, so instance threads blocked
+// on the GIL (Python backends) can finish.
+class PyModel {
+ public:
+  explicit PyModel(std::shared_ptr<Model> model) : model_(std::move(model)) {}
+  ~PyModel() {
+    if (PyGILState_Check()) {
+      py::gil_scoped_release release;
+      model_->shutdown(false);
+    } else {
+      model_->shutdown(false);
+    }
+  }
+  const std::shared_ptr<Model>& get() const { return model_; }
+
+ private:
+  std::shared_ptr<Model> model_;
+};
+
+py::object outputs_of(const RequestState& s, bool as_numpy) {
+  const Response& r = s.response();
+  if (!r.status.is_ok()) raise_status(r.status);
+  py::dict out;
+  for (const auto& o : r.outputs) {
+    out[py::str(o.name)] = as_numpy ? py::object(tensor_to_numpy(o.tensor)) : py::cast(o.tensor);
+  }
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "modelserve native core (private: use the modelserve package)";
+  m.attr("__version__") = MODELSERVE_VERSION;
+
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const Error& e) {
+      if (error_factory) {
+        py::object exc = (*error_factory)(static_cast<int>(e.code()), e.what());
+        PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc.ptr())), exc.ptr());
+      } else {
+        PyErr_SetString(PyExc_RuntimeError, e.what());
+      }
+    }
+  });
+  m.def("_set_error_factory", [](py::object f) {
+    if (!error_factory) error_factory = new py::object();  // leaked: the translator may run at exit
+    *error_factory = std::move(f);
+  });
+
+  // --- status codes and datatypes ---
+  py::dict codes;
+  for (int c = 0; c <= static_cast<int>(StatusCode::kCancelled); ++c) {
+    codes[py::str(status_code_name(static_cast<StatusCode>(c)))] = c;
+  }
+  m.attr("STATUS_CODES") = codes;
+  py::list datatypes;
+  for (int i = 0; i < kNumDataTypes; ++i) datatypes.append(datatype_name(static_cast<DataType>(i)));
+  m.attr("DATATYPES") = datatypes;
+  m.def("element_size", [](const std::string& dt) { return element_size(parse_datatype(dt)); });
+
+  // --- CUDA ---
+  py::module_ cuda_m = m.def_submodule("cuda");
+  cuda_m.def("compiled", &cuda::compiled);
+  cuda_m.def("device_count", &cuda::device_count);
+  cuda_m.def("is_available", &cuda::is_available);
+  cuda_m.def("device_name", &cuda::device_name);
+  cuda_m.def("runtime_version", &cuda::runtime_version);
+
+  // --- memory ---
+  py::class_<MemoryResource, std::shared_ptr<MemoryResource>>(m, "MemoryResource")
+      .def("allocate", [](MemoryResource& r, size_t bytes) { return reinterpret_cast<uintptr_t>(r.allocate(bytes)); },
+           py::arg("bytes"), py::call_guard<py::gil_scoped_release>())
+      .def("deallocate",
+           [](MemoryResource& r, uintptr_t ptr, size_t bytes) { r.deallocate(reinterpret_cast<void*>(ptr), bytes); },
+           py::arg("ptr"), py::arg("bytes"), py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("name", &MemoryResource::name)
+      .def_property_readonly("device", [](const MemoryResource& r) { return r.device().str(); })
+      .def_property_readonly("alignment", &MemoryResource::alignment)
+      .def("__repr__", [](const MemoryResource& r) { return "<MemoryResource " + r.name() + ">"; });
+  py::class_<HostResource, MemoryResource, std::shared_ptr<HostResource>>(m, "HostResource").def(py::init<>());
+  py::class_<PinnedResource, MemoryResource, std::shared_ptr<PinnedResource>>(m, "PinnedResource").def(py::init<>());
+  py::class_<DeviceResource, MemoryResource, std::shared_ptr<DeviceResource>>(m, "DeviceResource")
+      .def(py::init<int>(), py::arg("device") = 0);
+  py::class_<PoolResource, MemoryResource, std::shared_ptr<PoolResource>>(m, "PoolResource")
+      .def(py::init<std::shared_ptr<MemoryResource>, size_t, std::string>(), py::arg("upstream"),
+           py::arg("limit") = 0, py::arg("name") = "")
+      .def("stats", [](const PoolResource& p) { return pool_stats_dict(p.stats()); })
+      .def("trim", &PoolResource::trim, py::call_guard<py::gil_scoped_release>())
+      .def_property("limit", [](const PoolResource& p) { return p.stats().limit; }, &PoolResource::set_limit)
+      .def_property_readonly("upstream", &PoolResource::upstream)
+      .def_static("size_class_of", &PoolResource::size_class_of, py::arg("bytes"));
+  m.def("host_pool", &host_pool);
+  m.def("pinned_pool", &pinned_pool);
+  m.def("device_pool", &device_pool, py::arg("device") = 0);
+
+  // --- tensors ---
+  py::class_<Tensor>(m, "Tensor", py::buffer_protocol())
+      .def_static(
+          "from_numpy",
+          [](const py::array& a, std::optional<std::string> datatype) {
+            return tensor_from_numpy(a, datatype ? std::optional<DataType>(parse_datatype(*datatype)) : std::nullopt);
+          },
+          py::arg("array"), py::arg("datatype") = py::none())
+      .def_static(
+          "from_buffer",
+          [](const py::buffer& b, const std::string& datatype, Shape shape) {
+            return tensor_from_buffer(b, parse_datatype(datatype), std::move(shape));
+          },
+          py::arg("data"), py::arg("datatype"), py::arg("shape"))
+      .def_static(
+          "empty",
+          [](const std::string& datatype, Shape shape, std::shared_ptr<MemoryResource> resource, size_t byte_size) {
+            release_python_owners();
+            if (!resource) resource = host_pool();
+            return Tensor::empty(parse_datatype(datatype), std::move(shape), resource, {}, byte_size);
+          },
+          py::arg("datatype"), py::arg("shape"), py::arg("resource") = nullptr, py::arg("byte_size") = 0)
+      .def_property_readonly("datatype", [](const Tensor& t) { return datatype_name(t.dtype()); })
+      .def_property_readonly("shape", [](const Tensor& t) { return py::tuple(py::cast(t.shape())); })
+      .def_property_readonly("device", [](const Tensor& t) { return t.device().str(); })
+      .def_property_readonly("nbytes", &Tensor::byte_size)
+      .def_property_readonly("data_ptr", [](const Tensor& t) { return reinterpret_cast<uintptr_t>(t.data()); })
+      .def_property_readonly("read_only", [](const Tensor& t) { return t.buffer()->read_only(); })
+      .def("numpy", &tensor_to_numpy)
+      .def(
+          "__array__",
+          [](const Tensor& t, py::object dtype, py::object copy) {
+            py::object a = tensor_to_numpy(t);
+            if (!dtype.is_none()) a = a.attr("astype")(dtype);
+            if (!copy.is_none() && copy.cast<bool>()) a = a.attr("copy")();
+            return a;
+          },
+          py::arg("dtype") = py::none(), py::arg("copy") = py::none())
+      .def(
+          "__dlpack__",
+          [](const Tensor& t, py::object stream, py::object max_version, py::object dl_device, py::object copy) {
+            MS_EXPECTS(copy.is_none() || !copy.cast<bool>(), kInvalidArgument,
+                       "__dlpack__(copy=True) is not supported; the export is always zero-copy");
+            bool versioned = !max_version.is_none() && max_version.cast<py::tuple>()[0].cast<int>() >= 1;
+            return to_dlpack(t, versioned);
+          },
+          py::kw_only(), py::arg("stream") = py::none(), py::arg("max_version") = py::none(),
+          py::arg("dl_device") = py::none(), py::arg("copy") = py::none())
+      .def("__dlpack_device__", [](const Tensor& t) { return py::make_tuple(dlpack_device(t).first, dlpack_device(t).second); })
+      .def_buffer([](const Tensor& t) -> py::buffer_info {
+        MS_EXPECTS(t.device().host_accessible(), kInvalidArgument, "tensor is in ", t.device().str(),
+                   " memory; the buffer protocol needs host memory");
+        if (t.dtype() == DataType::kBytes) {
+          // The serialised form (4-byte length + bytes per element), as the wire carries it.
+          return py::buffer_info(t.data(), 1, "B", 1, {static_cast<py::ssize_t>(t.byte_size())}, {1},
+                                 t.buffer()->read_only());
+        }
+        static const char* formats[] = {"?", "B", "H", "I", "Q", "b", "h", "i", "q", "e", "H", "f", "d"};
+        const auto item = static_cast<py::ssize_t>(element_size(t.dtype()));
+        std::vector<py::ssize_t> shape(t.shape().begin(), t.shape().end()), strides(shape.size());
+        py::ssize_t stride = item;
+        for (size_t i = shape.size(); i-- > 0;) {
+          strides[i] = stride;
+          stride *= shape[i];
+        }
+        return py::buffer_info(t.data(), item, formats[static_cast<int>(t.dtype())],
+                               static_cast<py::ssize_t>(shape.size()), shape, strides, t.buffer()->read_only());
+      })
+      .def("tobytes",
+           [](const Tensor& t) {
+             MS_EXPECTS(t.device().host_accessible(), kInvalidArgument, "tensor is in ", t.device().str(), " memory");
+             return py::bytes(static_cast<const char*>(t.data()), t.byte_size());
+           })
+      .def("slice_rows", &Tensor::slice_rows, py::arg("begin"), py::arg("end"))
+      .def("__len__", [](const Tensor& t) {
+        MS_EXPECTS(!t.shape().empty(), kInvalidArgument, "len() of a scalar tensor");
+        return t.shape()[0];
+      })
+      .def("__repr__", [](const Tensor& t) {
+        return std::string("<Tensor ") + datatype_name(t.dtype()) + " " + shape_str(t.shape()) + " on " +
+               t.device().str() + ">";
+      });
+  m.def(
+      "gather",
+      [](const std::vector<Tensor>& parts, std::shared_ptr<MemoryResource> resource) {
+        release_python_owners();
+        if (!resource) resource = host_pool();
+        std::vector<const Tensor*> ptrs;
+        ptrs.reserve(parts.size());
+        for (const auto& t : parts) ptrs.push_back(&t);
+        py::gil_scoped_release release;
+        return gather(ptrs, resource);
+      },
+      py::arg("tensors"), py::arg("resource") = nullptr);
+  m.def("release_python_owners", &release_python_owners);
+  m.def("parked_python_owners", &parked_python_owners);
+
+  // --- backends ---
+  py::class_<NativeBackendOptions>(m, "NativeBackend")
+      .def(py::init([](std::string kind, int64_t delay_us, std::vector<std::string> output_names, bool device_memory) {
+             NativeBackendOptions o{std::move(kind), delay_us, std::move(output_names), device_memory};
+             native_backend_factory(o);  // validates
+             return o;
+           }),
+           py::arg("kind") = "identity", py::arg("delay_us") = 0, py::arg("output_names") = std::vector<std::string>{},
+           py::arg("device_memory") = true)
+      .def_readonly("kind", &NativeBackendOptions::kind)
+      .def_readonly("delay_us", &NativeBackendOptions::delay_us);
+
+  // --- completions ---
+  py::class_<CompletionQueue, std::shared_ptr<CompletionQueue>>(m, "CompletionQueue")
+      .def(py::init<>())
+      .def("fileno", &CompletionQueue::fileno)
+      .def("drain",
+           [](CompletionQueue& q) {
+             release_python_owners();
+             return q.drain();
+           })
+      .def_property_readonly("wakeups", &CompletionQueue::wakeups);
+
+  py::class_<RequestState, std::shared_ptr<RequestState>>(m, "Pending")
+      .def_readonly("id", &RequestState::id)
+      .def_readonly("tag", &RequestState::tag)
+      .def("done", &RequestState::done)
+      .def(
+          "wait", [](RequestState& s, std::optional<double> timeout) { return s.wait(timeout.value_or(-1.0)); },
+          py::arg("timeout") = py::none(), py::call_guard<py::gil_scoped_release>())
+      .def("cancel",
+           [](RequestState& s) {
+             auto model = s.model.lock();
+             if (!model) return false;
+             py::gil_scoped_release release;
+             return model->cancel(s.id);
+           })
+      .def(
+          "outputs",
+          [](RequestState& s, bool as_numpy) {
+            MS_EXPECTS(s.done(), kInvalidArgument, "request ", s.id, " has not completed; wait() first");
+            return outputs_of(s, as_numpy);
+          },
+          py::arg("as_numpy") = true)
+      .def_property_readonly("status_code",
+                             [](RequestState& s) { return static_cast<int>(s.response().status.code); })
+      .def_property_readonly("message", [](RequestState& s) { return s.response().status.message; })
+      .def_property_readonly("batch_size", [](RequestState& s) { return s.response().batch_size; })
+      .def_property_readonly("timings", [](RequestState& s) { return timings_dict(s.response().timings); });
+
+  // --- models ---
+  py::class_<PyModel>(m, "Model")
+      .def(py::init([](std::string name, int64_t version, py::object backend, int instance_count, std::string device,
+                       std::vector<std::tuple<std::string, std::string, Shape>> inputs,
+                       std::vector<std::tuple<std::string, std::string, Shape>> outputs, py::kwargs batching) {
+             ModelConfig c;
+             c.name = std::move(name);
+             c.version = version;
+             c.instance_count = instance_count;
+             c.device = parse_device(device);
+             c.inputs = parse_specs(inputs);
+             c.outputs = parse_specs(outputs);
+             apply_batching_kwargs(c.batching, batching);
+             BackendFactory factory = py::isinstance<NativeBackendOptions>(backend)
+                                          ? native_backend_factory(backend.cast<NativeBackendOptions>())
+                                          : python_backend_factory(backend);
+             py::gil_scoped_release release;
+             return std::make_unique<PyModel>(std::make_shared<Model>(std::move(c), std::move(factory)));
+           }),
+           py::arg("name"), py::arg("version") = 1, py::kw_only(), py::arg("backend"), py::arg("instance_count") = 1,
+           py::arg("device") = "cpu",
+           py::arg("inputs") = std::vector<std::tuple<std::string, std::string, Shape>>{},
+           py::arg("outputs") = std::vector<std::tuple<std::string, std::string, Shape>>{})
+      .def(
+          "submit",
+          [](PyModel& self, const py::dict& inputs, std::vector<std::string> outputs, uint32_t priority,
+             int64_t timeout_us, std::shared_ptr<CompletionQueue> queue, int64_t tag) {
+            release_python_owners();
+            auto request = std::make_unique<Request>();
+            request->inputs.reserve(inputs.size());
+            for (auto item : inputs) {
+              request->inputs.push_back({py::str(item.first).cast<std::string>(), as_tensor(item.second)});
+            }
+            request->requested_outputs = std::move(outputs);
+            request->priority = priority;
+            request->timeout_us = timeout_us;
+            auto state = std::make_shared<RequestState>();
+            state->tag = tag;
+            state->queue = std::move(queue);
+            state->model = self.get();
+            request->completion = [state](Response&& r) { state->complete(std::move(r)); };
+            state->id = self.get()->submit(request);
+            return state;
+          },
+          py::arg("inputs"), py::kw_only(), py::arg("outputs") = std::vector<std::string>{}, py::arg("priority") = 0,
+          py::arg("timeout_us") = 0, py::arg("queue") = nullptr, py::arg("tag") = 0)
+      .def("set_instance_count", [](PyModel& self, int n) { self.get()->set_instance_count(n); },
+           py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("instance_count", [](PyModel& self) { return self.get()->instance_count(); })
+      .def("set_batching",
+           [](PyModel& self, py::kwargs kw) {
+             BatcherConfig b = self.get()->batching();
+             apply_batching_kwargs(b, kw);
+             self.get()->set_batching(b);
+           })
+      .def("batching", [](PyModel& self) { return batching_dict(self.get()->batching()); })
+      .def(
+          "shutdown", [](PyModel& self, bool drain) { self.get()->shutdown(drain); }, py::arg("drain") = true,
+          py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("name", [](PyModel& self) { return self.get()->config().name; })
+      .def_property_readonly("version", [](PyModel& self) { return self.get()->config().version; })
+      .def_property_readonly("device", [](PyModel& self) { return self.get()->config().device.str(); })
+      .def("stats", [](PyModel& self) {
+        ModelStats s = self.get()->stats();
+        py::dict d;
+        d["success_count"] = s.success_count;
+        d["failure_count"] = s.failure_count;
+        d["failures"] = s.failures;
+        d["execution_count"] = s.execution_count;
+        d["inference_count"] = s.inference_count;
+        d["queue_ns"] = s.queue_ns;
+        d["compute_input_ns"] = s.compute_input_ns;
+        d["compute_infer_ns"] = s.compute_infer_ns;
+        d["compute_output_ns"] = s.compute_output_ns;
+        py::dict batches;
+        for (const auto& [size, b] : s.batch_stats) {
+          py::dict e;
+          e["count"] = b.count;
+          e["compute_input_ns"] = b.compute_input_ns;
+          e["compute_infer_ns"] = b.compute_infer_ns;
+          e["compute_output_ns"] = b.compute_output_ns;
+          batches[py::int_(size)] = e;
+        }
+        d["batch_stats"] = batches;
+        d["queued"] = s.queued;
+        d["in_flight"] = s.in_flight;
+        d["instances"] = s.instances;
+        return d;
+      });
+
+  bind_bench(m);
+}

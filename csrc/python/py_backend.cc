@@ -1,0 +1,97 @@
+#include "python/py_backend.h"
+
+#include <pybind11/numpy.h>
+
+#include <algorithm>
+
+#include "common/status.h"
+#include "python/py_tensor.h"
+
+namespace modelserve::python {
+
+namespace {
+
+// Holds a Python object on the C++ side; takes the GIL to drop it (from any thread).
+class GilObject {
+ public:
+  explicit GilObject(py::object obj) : obj_(std::move(obj)) {}
+  ~GilObject() {
+    if (!Py_IsInitialized()) {
+      obj_.release();  // the interpreter is gone; so is the object
+      return;
+    }
+    py::gil_scoped_acquire gil;
+    obj_ = py::object();
+  }
+  GilObject(const GilObject&) = delete;
+  GilObject& operator=(const GilObject&) = delete;
+  const py::object& get() const { return obj_; }
+
+ private:
+  py::object obj_;
+};
+
+std::string describe(py::error_already_set& e) {
+  std::string type = py::str(e.type().attr("__name__")).cast<std::string>();
+  std::string message = py::str(e.value()).cast<std::string>();
+  return type + (message.empty() ? "" : ": " + message);
+}
+
+class PyBackend final : public Backend {
+ public:
+  explicit PyBackend(py::object model) : model_(std::move(model)) {}
+
+  TensorList execute(const ExecuteContext& ctx) override {
+    py::gil_scoped_acquire gil;
+    try {
+      py::dict inputs;
+      for (const auto& in : ctx.inputs) inputs[py::str(in.name)] = tensor_to_numpy(in.tensor);
+      py::object result = model_.get().attr("execute")(inputs);
+      MS_EXPECTS(PyDict_Check(result.ptr()) || py::hasattr(result, "items"), kInternal,
+                 "execute() must return a dict of output name to numpy array, got ",
+                 Py_TYPE(result.ptr())->tp_name);
+      TensorList outputs;
+      py::module_ np = py::module_::import("numpy");
+      for (auto item : result.attr("items")()) {
+        auto pair = item.cast<py::tuple>();
+        std::string name = py::str(pair[0]).cast<std::string>();
+        if (!ctx.requested_outputs.empty() &&
+            std::find(ctx.requested_outputs.begin(), ctx.requested_outputs.end(), name) ==
+                ctx.requested_outputs.end()) {
+          continue;  // not asked for by anyone in this batch: skip the conversion
+        }
+        py::array array = np.attr("asarray")(pair[1]);
+        try {
+          outputs.push_back({name, tensor_from_numpy(array)});
+        } catch (const Error& e) {
+          MS_FAIL(kInternal, "output '", name, "': ", e.what());
+        }
+      }
+      return outputs;
+    } catch (py::error_already_set& e) {
+      MS_FAIL(kInternal, "execute() raised ", describe(e));
+    }
+  }
+
+ private:
+  GilObject model_;
+};
+
+}  // namespace
+
+BackendFactory python_backend_factory(py::object factory) {
+  auto shared = std::make_shared<GilObject>(std::move(factory));
+  return [shared](const InstanceInfo& info) -> std::unique_ptr<Backend> {
+    py::gil_scoped_acquire gil;
+    try {
+      py::object model = shared->get()(info.index, info.device.str());
+      MS_EXPECTS(py::hasattr(model, "execute"), kInvalidArgument, "the backend factory returned a ",
+                 Py_TYPE(model.ptr())->tp_name, " with no execute() method");
+      return std::make_unique<PyBackend>(std::move(model));
+    } catch (py::error_already_set& e) {
+      MS_FAIL(kInternal, "creating instance ", info.index, " raised ", describe(e));
+    }
+  };
+}
+
+}  // namespace modelserve::python

@@ -1,0 +1,315 @@
+#include "sched/dynamic_batcher.h"
+
+#include <algorithm>
+
+namespace modelserve {
+
+namespace {
+int64_t ns_between(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(b - a).count();
+}
+}  // namespace
+
+void BatcherConfig::validate() const {
+  MS_EXPECTS(max_batch_size >= 0, kInvalidArgument, model, ": max_batch_size must be >= 0, got ", max_batch_size);
+  for (int64_t p : preferred_batch_sizes) {
+    MS_EXPECTS(p >= 1 && (max_batch_size == 0 || p <= max_batch_size), kInvalidArgument, model,
+               ": dynamic_batching.preferred_batch_sizes: ", p, " is not in [1, max_batch_size=", max_batch_size, "]");
+  }
+  MS_EXPECTS(max_queue_delay_us >= 0, kInvalidArgument, model,
+             ": dynamic_batching.max_queue_delay_us must be >= 0, got ", max_queue_delay_us);
+  MS_EXPECTS(default_timeout_us >= 0, kInvalidArgument, model,
+             ": dynamic_batching.default_timeout_us must be >= 0, got ", default_timeout_us);
+  MS_EXPECTS(priority_levels >= 1, kInvalidArgument, model,
+             ": dynamic_batching.priority_levels must be >= 1, got ", priority_levels);
+  MS_EXPECTS(default_priority_level <= priority_levels, kInvalidArgument, model,
+             ": dynamic_batching.default_priority_level must be in [0, priority_levels=", priority_levels,
+             "], got ", default_priority_level);
+}
+
+DynamicBatcher::DynamicBatcher(BatcherConfig config) : model_(config.model), config_(std::move(config)) {
+  config_.validate();
+  queues_.resize(config_.priority_levels);
+}
+
+DynamicBatcher::~DynamicBatcher() { stop(false); }
+
+void DynamicBatcher::start(BatchSink* sink) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (thread_.joinable()) return;
+  sink_ = sink;
+  accepting_ = true;
+  stopping_ = false;
+  thread_ = std::thread([this] { run(); });
+}
+
+void DynamicBatcher::stop(bool drain) {
+  std::vector<RequestPtr> dropped;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    accepting_ = false;
+    stopping_ = true;
+    drain_ = drain;
+    if (!drain || !thread_.joinable()) {
+      for (auto& q : queues_) {
+        for (auto& r : q) dropped.push_back(std::move(r));
+        q.clear();
+      }
+      queued_ = 0;
+      queued_bytes_ = 0;
+    }
+  }
+  cv_.notify_all();
+  for (auto& r : dropped) r->fail(StatusCode::kUnavailable, model_ + ": shut down before the request ran");
+  if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
+}
+
+void DynamicBatcher::enqueue(RequestPtr& request) {
+  Request& r = *request;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    MS_EXPECTS(accepting_, kUnavailable, config_.model, ": not accepting requests (shutting down)");
+    MS_EXPECTS(r.priority <= config_.priority_levels, kInvalidArgument, config_.model, ": priority ", r.priority,
+               " is out of range; expected 0 (default) or 1..", config_.priority_levels, " (1 = most urgent)");
+    MS_EXPECTS(config_.max_queue_size == 0 || queued_ < config_.max_queue_size, kResourceExhausted,
+               config_.model, ": queue full: ", queued_, " requests queued (max_queue_size ",
+               config_.max_queue_size, ")");
+    r.byte_size = 0;
+    for (const auto& in : r.inputs) r.byte_size += in.tensor.byte_size();
+    MS_EXPECTS(config_.max_queue_bytes == 0 || queued_bytes_ + r.byte_size <= config_.max_queue_bytes,
+               kResourceExhausted, config_.model, ": queue full: ", queued_bytes_, " bytes queued, request of ",
+               r.byte_size, " bytes would pass max_queue_bytes ", config_.max_queue_bytes);
+    if (config_.max_batch_size > 0) {
+      MS_EXPECTS(!r.inputs.empty(), kInvalidArgument, config_.model, ": request has no inputs");
+      const Tensor& first = r.inputs.front().tensor;
+      MS_EXPECTS(!first.shape().empty(), kInvalidArgument, config_.model, ": input '", r.inputs.front().name,
+                 "' has no batch dimension (the model batches: max_batch_size ", config_.max_batch_size, ")");
+      r.batch_size = first.shape()[0];
+      for (const auto& in : r.inputs) {
+        MS_EXPECTS(!in.tensor.shape().empty() && in.tensor.shape()[0] == r.batch_size, kInvalidArgument,
+                   config_.model, ": input '", in.name, "' has shape ", shape_str(in.tensor.shape()),
+                   " but input '", r.inputs.front().name, "' has batch size ", r.batch_size,
+                   "; every input needs the same first dimension");
+      }
+      MS_EXPECTS(r.batch_size >= 1 && r.batch_size <= config_.max_batch_size, kInvalidArgument, config_.model,
+                 ": batch size ", r.batch_size, " is not in [1, max_batch_size=", config_.max_batch_size, "]");
+    } else {
+      r.batch_size = 1;
+    }
+    const uint32_t level = r.priority ? r.priority : config_.effective_default_level();
+    r.level = level - 1;
+    r.enqueue_time = Clock::now();
+    const int64_t timeout_us = r.timeout_us > 0 ? r.timeout_us : config_.default_timeout_us;
+    r.deadline = timeout_us > 0 ? r.enqueue_time + std::chrono::microseconds(timeout_us) : Clock::time_point::max();
+    next_deadline_ = std::min(next_deadline_, r.deadline);
+    queued_ += 1;
+    queued_bytes_ += r.byte_size;
+    queues_[r.level].push_back(std::move(request));
+  }
+  cv_.notify_one();
+}
+
+bool DynamicBatcher::cancel(uint64_t request_id) {
+  RequestPtr found;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto& q : queues_) {
+      auto it = std::find_if(q.begin(), q.end(), [&](const RequestPtr& r) { return r->id == request_id; });
+      if (it != q.end()) {
+        found = std::move(*it);
+        q.erase(it);
+        queued_ -= 1;
+        queued_bytes_ -= found->byte_size;
+        break;
+      }
+    }
+  }
+  if (!found) return false;
+  cv_.notify_one();  // a batch waiting on the delay may now be formed differently
+  found->fail(StatusCode::kCancelled, model_ + ": request " + std::to_string(request_id) +
+                                          " was cancelled while queued");
+  return true;
+}
+
+void DynamicBatcher::notify() {
+  { std::lock_guard<std::mutex> lock(mutex_); }  // orders the wake-up after the waiter's check
+  cv_.notify_one();
+}
+
+void DynamicBatcher::set_config(BatcherConfig config) {
+  config.validate();
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (config.priority_levels != queues_.size()) {
+      // Requests keep their order; those on levels that no longer exist join the least urgent one.
+      std::vector<std::deque<RequestPtr>> queues(config.priority_levels);
+      for (size_t i = 0; i < queues_.size(); ++i) {
+        size_t to = std::min<size_t>(i, config.priority_levels - 1);
+        for (auto& r : queues_[i]) {
+          r->level = static_cast<uint32_t>(to);
+          queues[to].push_back(std::move(r));
+        }
+      }
+      queues_ = std::move(queues);
+    }
+    config_ = std::move(config);
+    config_.model = model_;
+  }
+  cv_.notify_one();
+}
+
+BatcherConfig DynamicBatcher::config() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return config_;
+}
+
+size_t DynamicBatcher::queued() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return queued_;
+}
+
+size_t DynamicBatcher::queued_bytes() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return queued_bytes_;
+}
+
+bool DynamicBatcher::compatible(const Request& a, const Request& b) const {
+  if (a.inputs.size() != b.inputs.size()) return false;
+  for (size_t i = 0; i < a.inputs.size(); ++i) {
+    const auto& x = a.inputs[i];
+    const NamedTensor* y = x.name == b.inputs[i].name ? &b.inputs[i] : find_tensor(b.inputs, x.name);
+    if (!y || x.tensor.dtype() != y->tensor.dtype()) return false;
+    const Shape& sx = x.tensor.shape();
+    const Shape& sy = y->tensor.shape();
+    if (sx.size() != sy.size() || !std::equal(sx.begin() + 1, sx.end(), sy.begin() + 1)) return false;
+  }
+  return true;
+}
+
+// See Note [Batch formation].
+DynamicBatcher::Formed DynamicBatcher::form_locked(Clock::time_point now) const {
+  Formed f;
+  const Request* first = nullptr;
+  int64_t rows = 0;
+  size_t count = 0, preferred_count = 0;
+  Clock::time_point oldest = Clock::time_point::max();
+  bool stopped_early = false;
+  for (const auto& q : queues_) {
+    for (const auto& r : q) {
+      if (!first) {
+        first = r.get();
+        if (config_.max_batch_size == 0) {
+          f.count = 1;
+          return f;
+        }
+      } else if (!compatible(*first, *r) || rows + r->batch_size > config_.max_batch_size) {
+        stopped_early = true;
+        break;
+      }
+      rows += r->batch_size;
+      count += 1;
+      oldest = std::min(oldest, r->enqueue_time);
+      const auto& pref = config_.preferred_batch_sizes;
+      if (std::find(pref.begin(), pref.end(), rows) != pref.end()) preferred_count = count;
+      if (rows == config_.max_batch_size) {
+        stopped_early = true;
+        break;
+      }
+    }
+    if (stopped_early) break;
+  }
+  if (count == 0) return f;
+  if (stopped_early || stopping_) {
+    f.count = count;
+  } else if (preferred_count > 0) {
+    f.count = preferred_count;
+  } else {
+    const auto due = oldest + std::chrono::microseconds(config_.max_queue_delay_us);
+    if (now >= due) {
+      f.count = count;
+    } else {
+      f.wait_until = due;
+    }
+  }
+  return f;
+}
+
+Batch DynamicBatcher::pop_locked(size_t count, Clock::time_point now) {
+  Batch batch;
+  batch.dispatch_time = now;
+  batch.requests.reserve(count);
+  for (auto& q : queues_) {
+    while (count > 0 && !q.empty()) {
+      RequestPtr r = std::move(q.front());
+      q.pop_front();
+      queued_ -= 1;
+      queued_bytes_ -= r->byte_size;
+      batch.batch_size += r->batch_size;
+      batch.requests.push_back(std::move(r));
+      --count;
+    }
+    if (count == 0) break;
+  }
+  return batch;
+}
+
+void DynamicBatcher::expire_locked(Clock::time_point now, std::vector<RequestPtr>& expired) {
+  if (now < next_deadline_) return;
+  next_deadline_ = Clock::time_point::max();
+  for (auto& q : queues_) {
+    for (auto it = q.begin(); it != q.end();) {
+      if ((*it)->deadline <= now) {
+        queued_ -= 1;
+        queued_bytes_ -= (*it)->byte_size;
+        expired.push_back(std::move(*it));
+        it = q.erase(it);
+      } else {
+        next_deadline_ = std::min(next_deadline_, (*it)->deadline);
+        ++it;
+      }
+    }
+  }
+}
+
+void DynamicBatcher::run() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  std::vector<RequestPtr> expired;
+  while (true) {
+    const auto now = Clock::now();
+    expire_locked(now, expired);
+    if (!expired.empty()) {
+      lock.unlock();
+      for (auto& r : expired) {
+        const int64_t waited_us = ns_between(r->enqueue_time, now) / 1000;
+        r->fail(StatusCode::kDeadlineExceeded, model_ + ": request " + std::to_string(r->id) +
+                                                   " timed out in the queue after " + std::to_string(waited_us) +
+                                                   " us (queue timeout " +
+                                                   std::to_string(ns_between(r->enqueue_time, r->deadline) / 1000) +
+                                                   " us)");
+      }
+      expired.clear();
+      lock.lock();
+      continue;
+    }
+    if (stopping_ && queued_ == 0) break;
+    auto wake = next_deadline_;
+    if (queued_ > 0 && sink_->free_slots() > 0) {
+      Formed f = form_locked(now);
+      if (f.count > 0) {
+        Batch batch = pop_locked(f.count, now);
+        lock.unlock();
+        sink_->dispatch(std::move(batch));
+        lock.lock();
+        continue;
+      }
+      wake = std::min(wake, f.wait_until);
+    }
+    if (wake == Clock::time_point::max()) {
+      cv_.wait(lock);
+    } else {
+      cv_.wait_until(lock, wake);
+    }
+  }
+}
+
+}  // namespace modelserve

@@ -1,0 +1,118 @@
+// DynamicBatcher: the per-model request queue and the rule that turns it into batches.
+#pragma once
+
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "sched/request.h"
+
+namespace modelserve {
+
+struct BatcherConfig {
+  std::string model;            // "name" or "name version N", for messages
+  int64_t max_batch_size = 0;   // 0 = the model does not batch
+  std::vector<int64_t> preferred_batch_sizes;
+  int64_t max_queue_delay_us = 0;
+  size_t max_queue_size = 0;    // requests; 0 = unbounded
+  size_t max_queue_bytes = 0;   // input bytes of queued requests; 0 = unbounded
+  int64_t default_timeout_us = 0;
+  uint32_t priority_levels = 1;
+  uint32_t default_priority_level = 0;  // 0 = the middle level, (priority_levels + 2) / 2
+
+  void validate() const;  // throws Error(kInvalidArgument) naming the bad key
+  uint32_t effective_default_level() const {
+    return default_priority_level ? default_priority_level : (priority_levels + 2) / 2;
+  }
+};
+
+// What the batcher hands batches to (the Executor). The batcher calls both methods from its own
+// thread only, so free_slots() can only grow between the two calls.
+class BatchSink {
+ public:
+  virtual ~BatchSink() = default;
+  // Batches the sink would start now without queueing them behind others.
+  virtual size_t free_slots() const = 0;
+  // Takes ownership of the batch.
+  virtual void dispatch(Batch&& batch) = 0;
+};
+
+// Note [Batch formation]
+// ~~~~~~~~~~~~~~~~~~~~~~
+// Triton's dynamic batching rule, made explicit. A batch forms only when an instance can take it
+// (free_slots() > 0): while every instance is busy requests accumulate, so a loaded server runs
+// big batches and an idle one small batches with no delay. Candidates are taken in queue order,
+// the most urgent priority level first and FIFO within a level. Starting from the first, requests
+// join while they match its signature (input names, datatypes and non-batch dimensions) and the
+// rows fit in max_batch_size. Then:
+//   1. the batch is full, or the next request does not fit or does not match -> dispatch now;
+//   2. otherwise, if the rows collected reached a preferred size at some point -> dispatch the
+//      longest prefix that was of a preferred size;
+//   3. otherwise, with no max_queue_delay_us (or once the oldest candidate has waited that long)
+//      -> dispatch what there is;
+//   4. otherwise wait until the oldest candidate's delay runs out, or the queue changes.
+// A model with max_batch_size 0 runs every request alone, at once.
+//
+// Timeouts and cancellation work on the queue itself, independent of the instances: a request
+// whose queue deadline passes is failed with DEADLINE_EXCEEDED at that time, even while all
+// instances are busy, and cancel() removes a queued request at once. A dispatched request is
+// never interrupted.
+//
+// Ownership: enqueue() takes the request when it returns; when it throws (a full queue, a bad
+// priority, shut down) the request stays with the caller, uncompleted.
+class DynamicBatcher {
+ public:
+  explicit DynamicBatcher(BatcherConfig config);
+  ~DynamicBatcher();
+  DynamicBatcher(const DynamicBatcher&) = delete;
+  DynamicBatcher& operator=(const DynamicBatcher&) = delete;
+
+  // Starts the batcher thread, which dispatches to `sink` (not owned; must outlive stop()).
+  void start(BatchSink* sink);
+  // Stops taking requests. With drain, queued requests are still dispatched and the call returns
+  // when the queue is empty; without, they fail with UNAVAILABLE. Joins the thread.
+  void stop(bool drain);
+
+  void enqueue(RequestPtr& request);
+  // Removes a queued request and completes it with CANCELLED. False if it is not queued (it ran,
+  // is running, or never was).
+  bool cancel(uint64_t request_id);
+  // Wakes the batcher: a slot became free in the sink.
+  void notify();
+
+  void set_config(BatcherConfig config);  // applies to the next batch; queued requests stay
+  BatcherConfig config() const;
+  size_t queued() const;
+  size_t queued_bytes() const;
+
+ private:
+  struct Formed {
+    size_t count = 0;                         // requests to dispatch now; 0 = none yet
+    Clock::time_point wait_until = Clock::time_point::max();
+  };
+
+  void run();
+  Formed form_locked(Clock::time_point now) const;
+  Batch pop_locked(size_t count, Clock::time_point now);
+  void expire_locked(Clock::time_point now, std::vector<RequestPtr>& expired);
+  bool compatible(const Request& a, const Request& b) const;
+
+  const std::string model_;                   // for messages
+  mutable std::mutex mutex_;
+  std::condition_variable cv_;
+  BatcherConfig config_;                      // guarded by mutex_
+  std::vector<std::deque<RequestPtr>> queues_;  // guarded by mutex_; index = level, 0 most urgent
+  size_t queued_ = 0;                         // guarded by mutex_
+  size_t queued_bytes_ = 0;                   // guarded by mutex_
+  Clock::time_point next_deadline_ = Clock::time_point::max();  // guarded by mutex_; a lower bound
+  bool accepting_ = false;                    // guarded by mutex_
+  bool stopping_ = false;                     // guarded by mutex_
+  bool drain_ = true;                         // guarded by mutex_
+  BatchSink* sink_ = nullptr;
+  std::thread thread_;
+};
+
+}  // namespace modelserve

@@ -1,0 +1,239 @@
+"""ModelEngine: one model version served by the native core (dynamic batcher + instances).
+
+This is the layer the repository and the servers build on::
+
+    engine = ModelEngine("add_one", MyModel(), max_batch_size=64,
+                         dynamic_batching={"max_queue_delay_us": 500}, instance_count=2)
+    out = engine.infer({"INPUT0": x})                  # blocking; the GIL is released while waiting
+    out = await engine.infer_async({"INPUT0": x})      # asyncio; completions arrive in batches
+    engine.close()
+
+``backend`` is either a :class:`NativeBackend` (C++, for tests and benchmarks), an object with
+``execute(inputs: dict[str, numpy.ndarray]) -> dict[str, numpy.ndarray]`` shared by every
+instance, or a callable ``factory(instance_index: int, device: str)`` that returns such an object
+for each instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from . import cuda
+from ._native import core as _core
+from .errors import InvalidArgumentError
+
+__all__ = ["ModelEngine", "NativeBackend", "BATCHING_KEYS"]
+
+NativeBackend = _core.NativeBackend
+
+#: The settings of ``dynamic_batching`` (DESIGN.md's config section) the core understands.
+BATCHING_KEYS = (
+    "max_queue_delay_us",
+    "preferred_batch_sizes",
+    "max_queue_size",
+    "max_queue_bytes",
+    "default_timeout_us",
+    "priority_levels",
+    "default_priority_level",
+)
+
+Spec = tuple[str, str, Iterable[int]]
+
+
+class _LoopCompletions:
+    """Resolves the futures of one event loop from one CompletionQueue (see Note [Batched
+    wake-ups] in csrc/python/completion_queue.h): one loop wake-up for many finished requests."""
+
+    _by_loop: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopCompletions]" = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.queue = _core.CompletionQueue()
+        self.futures: dict[int, asyncio.Future] = {}
+        self.tags = itertools.count(1)
+        loop.add_reader(self.queue.fileno(), self._drain)
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> "_LoopCompletions":
+        found = cls._by_loop.get(loop)
+        if found is None:
+            found = cls._by_loop[loop] = cls(loop)
+        return found
+
+    def _drain(self) -> None:
+        for pending in self.queue.drain():
+            future = self.futures.pop(pending.tag, None)
+            if future is not None and not future.done():
+                future.set_result(pending)
+
+
+class ModelEngine:
+    """A model version's dynamic batcher and instances in the native core."""
+
+    def __init__(
+        self,
+        name: str,
+        backend: Any,
+        *,
+        version: int = 1,
+        max_batch_size: int = 0,
+        dynamic_batching: Mapping[str, Any] | None = None,
+        instance_count: int = 1,
+        device: str = "auto",
+        inputs: Iterable[Spec] = (),
+        outputs: Iterable[Spec] = (),
+    ) -> None:
+        batching = dict(dynamic_batching or {})
+        unknown = sorted(set(batching) - set(BATCHING_KEYS))
+        if unknown:
+            raise InvalidArgumentError(
+                f"model '{name}': unknown dynamic_batching key(s) {unknown}; expected any of {list(BATCHING_KEYS)}"
+            )
+        if device == "auto":
+            device = "cuda:0" if cuda.is_available() else "cpu"
+        self._model = _core.Model(
+            name,
+            version,
+            backend=_factory_of(backend),
+            instance_count=instance_count,
+            device=device,
+            inputs=[(n, dt, list(dims)) for n, dt, dims in inputs],
+            outputs=[(n, dt, list(dims)) for n, dt, dims in outputs],
+            max_batch_size=max_batch_size,
+            **batching,
+        )
+
+    # --- requests -------------------------------------------------------------------------------
+    def submit(
+        self,
+        inputs: Mapping[str, Any],
+        *,
+        outputs: Iterable[str] | None = None,
+        priority: int = 0,
+        timeout_us: int = 0,
+    ) -> Any:
+        """Enqueues a request and returns its ``Pending`` handle (``wait()``, ``outputs()``,
+        ``cancel()``). Raises at once when the request is refused (bad input, queue full)."""
+        return self._model.submit(
+            dict(inputs), outputs=list(outputs or ()), priority=priority, timeout_us=timeout_us
+        )
+
+    def infer(
+        self,
+        inputs: Mapping[str, Any],
+        *,
+        outputs: Iterable[str] | None = None,
+        priority: int = 0,
+        timeout_us: int = 0,
+    ) -> dict[str, np.ndarray]:
+        """Runs one request and returns its outputs as numpy arrays (views of the batch output)."""
+        pending = self.submit(inputs, outputs=outputs, priority=priority, timeout_us=timeout_us)
+        pending.wait()
+        return pending.outputs()
+
+    async def infer_async(
+        self,
+        inputs: Mapping[str, Any],
+        *,
+        outputs: Iterable[str] | None = None,
+        priority: int = 0,
+        timeout_us: int = 0,
+        as_numpy: bool = True,
+    ) -> dict[str, Any]:
+        """Like :meth:`infer` for asyncio. Cancelling the awaiting task removes the request from
+        the queue if it has not started."""
+        loop = asyncio.get_running_loop()
+        completions = _LoopCompletions.of(loop)
+        tag = next(completions.tags)
+        future = loop.create_future()
+        completions.futures[tag] = future
+        try:
+            pending = self._model.submit(
+                dict(inputs),
+                outputs=list(outputs or ()),
+                priority=priority,
+                timeout_us=timeout_us,
+                queue=completions.queue,
+                tag=tag,
+            )
+        except BaseException:
+            completions.futures.pop(tag, None)
+            raise
+        try:
+            await future
+        except asyncio.CancelledError:
+            completions.futures.pop(tag, None)
+            pending.cancel()
+            raise
+        return pending.outputs(as_numpy=as_numpy)
+
+    # --- control --------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self._model.name
+
+    @property
+    def version(self) -> int:
+        return self._model.version
+
+    @property
+    def device(self) -> str:
+        return self._model.device
+
+    @property
+    def instance_count(self) -> int:
+        return self._model.instance_count
+
+    def set_instance_count(self, count: int) -> None:
+        """Adds or retires instances while serving; queued requests wait, none are lost."""
+        self._model.set_instance_count(count)
+
+    @property
+    def batching(self) -> dict[str, Any]:
+        return self._model.batching()
+
+    def set_batching(self, **settings: Any) -> None:
+        """Changes dynamic batching settings while serving (not ``max_batch_size``)."""
+        unknown = sorted(set(settings) - set(BATCHING_KEYS))
+        if unknown:
+            raise InvalidArgumentError(
+                f"model '{self.name}': unknown batching setting(s) {unknown}; expected any of {list(BATCHING_KEYS)}"
+            )
+        self._model.set_batching(**settings)
+
+    def stats(self) -> dict[str, Any]:
+        """Cumulative statistics: successes, failures by code, queue and compute times, batch
+        sizes, and the queued and in-flight counts now."""
+        return self._model.stats()
+
+    def close(self, drain: bool = True) -> None:
+        """Stops taking requests; with ``drain`` runs those queued, else fails them (UNAVAILABLE)."""
+        self._model.shutdown(drain)
+
+    def __enter__(self) -> "ModelEngine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _factory_of(backend: Any) -> Any:
+    if isinstance(backend, NativeBackend):
+        return backend
+    if hasattr(backend, "execute"):
+        return lambda instance, device: backend
+    if callable(backend):
+        return backend
+    raise InvalidArgumentError(
+        f"backend must be a NativeBackend, an object with execute(), or a factory callable; got {type(backend).__name__}"
+    )
+
+
+BackendFactory = Callable[[int, str], Any]
