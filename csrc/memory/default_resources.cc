@@ -33,6 +33,8 @@ std::shared_ptr<PoolResource> device_pool(int device) {
   static std::mutex mutex;
   static auto* pools = new std::vector<std::shared_ptr<PoolResource>>();
   std::lock_guard<std::mutex> lock(mutex);
+  MS_EXPECTS(cuda::is_available(), kUnavailable, "device_pool(", device,
+             "): no CUDA device is available (modelserve.cuda.is_available() is False)");
   if (pools->empty()) pools->resize(cuda::device_count());
   MS_EXPECTS(device >= 0 && device < static_cast<int>(pools->size()), kInvalidArgument, "CUDA device ",
              device, " does not exist (", pools->size(), " CUDA devices)");

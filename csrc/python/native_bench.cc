@@ -55,7 +55,7 @@ py::dict stress(const std::shared_ptr<MemoryResource>& r, int threads, int itera
     };
     std::vector<Live> live;
     auto check_and_free = [&](const Live& l) {
-      if (host && l.bytes >= 8) {
+      if (host && l.bytes >= 16) {
         uint64_t a, b;
         std::memcpy(&a, l.p, 8);
         std::memcpy(&b, l.p + l.bytes - 8, 8);
@@ -69,7 +69,7 @@ py::dict stress(const std::shared_ptr<MemoryResource>& r, int threads, int itera
       allocations++;
       if (reinterpret_cast<uintptr_t>(p) % r->alignment() != 0) misaligned++;
       uint64_t stamp = (uint64_t(tid) << 40) | uint64_t(i);
-      if (host && bytes >= 8) {
+      if (host && bytes >= 16) {
         std::memcpy(p, &stamp, 8);
         std::memcpy(p + bytes - 8, &stamp, 8);
       }

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -227,7 +227,7 @@ class ModelEngine:
 def _factory_of(backend: Any) -> Any:
     if isinstance(backend, NativeBackend):
         return backend
-    if hasattr(backend, "execute"):
+    if hasattr(backend, "execute") and not isinstance(backend, type):
         return lambda instance, device: backend
     if callable(backend):
         return backend
@@ -235,5 +235,3 @@ def _factory_of(backend: Any) -> Any:
         f"backend must be a NativeBackend, an object with execute(), or a factory callable; got {type(backend).__name__}"
     )
 
-
-BackendFactory = Callable[[int, str], Any]

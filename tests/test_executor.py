@@ -1,0 +1,240 @@
+"""Instances, resizing, failures, the GIL, and completions reaching asyncio."""
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import modelserve
+from modelserve import ModelEngine, NativeBackend, memory
+from modelserve._native import core
+
+
+def row(value, rows=1):
+    return {"INPUT0": np.full((rows, 4), value, dtype=np.float32)}
+
+
+def test_instances_run_batches_concurrently():
+    barrier = threading.Barrier(3, timeout=10)
+
+    class Meet:
+        def execute(self, inputs):
+            barrier.wait()  # passes only if three instances are inside execute at once
+            return {"OUTPUT0": inputs["INPUT0"]}
+
+    with ModelEngine("m", Meet(), max_batch_size=1, instance_count=3) as e:
+        pending = [e.submit(row(i)) for i in range(3)]
+        for p in pending:
+            assert p.wait(20)
+            p.outputs()
+        assert e.stats()["instances"] == 3
+
+
+def test_each_instance_gets_its_own_backend_from_a_factory():
+    made = []
+
+    class Tagged:
+        def __init__(self, index, device):
+            self.index = index
+            made.append((index, device))
+
+        def execute(self, inputs):
+            return {"OUTPUT0": np.full_like(inputs["INPUT0"], self.index)}
+
+    with ModelEngine("m", Tagged, max_batch_size=4, instance_count=2, device="cpu") as e:
+        assert sorted(made) == [(0, "cpu"), (1, "cpu")]
+        e.infer(row(0))
+
+
+def test_resizing_under_load_loses_nothing():
+    backend = NativeBackend("identity", delay_us=2000)
+    with ModelEngine("m", backend, max_batch_size=4, instance_count=1) as e:
+        pending = []
+        for count in (4, 2, 1, 3, 0, 2):
+            pending += [e.submit(row(len(pending) + i)) for i in range(100)]
+            e.set_instance_count(count)
+            assert e.instance_count == count
+        for i, p in enumerate(pending):
+            assert p.wait(60), f"request {i} never completed"
+            np.testing.assert_array_equal(p.outputs()["INPUT0"], np.full((1, 4), i, np.float32))
+        stats = e.stats()
+    assert stats["success_count"] == 600 and stats["failure_count"] == 0
+
+
+def test_backend_exception_fails_only_its_own_batch():
+    class Fussy:
+        def execute(self, inputs):
+            if (inputs["INPUT0"] == 13).any():
+                raise ValueError("unlucky input 13")
+            return {"OUTPUT0": inputs["INPUT0"]}
+
+    with ModelEngine("fussy", Fussy(), max_batch_size=1, instance_count=2) as e:
+        pending = [e.submit(row(i)) for i in range(20)]
+        for p in pending:
+            assert p.wait(10)
+        for i, p in enumerate(pending):
+            if i == 13:
+                with pytest.raises(modelserve.InternalError, match="model 'fussy' version 1.*ValueError: unlucky input 13"):
+                    p.outputs()
+            else:
+                np.testing.assert_array_equal(p.outputs()["OUTPUT0"], np.full((1, 4), i, np.float32))
+        stats = e.stats()
+        assert stats["failures"] == {"INTERNAL": 1} and stats["success_count"] == 19
+        e.infer(row(1))  # the instance lives on
+
+
+def test_bad_backend_output_is_an_internal_error_naming_the_output():
+    class Short:
+        def execute(self, inputs):
+            return {"OUTPUT0": inputs["INPUT0"][:1]}
+
+    with ModelEngine("short", Short(), max_batch_size=8) as e:
+        with pytest.raises(modelserve.InternalError, match=r"output 'OUTPUT0' with shape \[1, 4\] for a batch of 3"):
+            e.infer(row(0, rows=3))
+
+
+def test_missing_requested_output_is_an_internal_error():
+    class NoOutputs:
+        def execute(self, inputs):
+            return {}
+
+    with ModelEngine("m", NoOutputs(), max_batch_size=8) as e:
+        with pytest.raises(modelserve.InternalError, match="did not return the requested output 'OUTPUT0'"):
+            e.infer(row(0), outputs=["OUTPUT0"])
+
+
+def test_another_python_thread_progresses_while_a_batch_runs():
+    with ModelEngine("slow", NativeBackend("identity", delay_us=300_000), max_batch_size=4) as e:
+        done = threading.Event()
+        counter = 0
+
+        def request():
+            e.infer(row(1))
+            done.set()
+
+        t = threading.Thread(target=request)
+        t.start()
+        while not done.is_set():
+            counter += 1
+        t.join()
+    assert counter > 10_000  # the main thread ran Python code throughout the 300 ms wait
+
+
+def test_outputs_are_zero_copy_slices_of_the_batch_output(held):
+    with ModelEngine("m", held, max_batch_size=8) as e:
+        first = e.submit(row(-1))
+        assert held.started.wait(10)
+        a, b = e.submit(row(1, rows=2)), e.submit(row(2, rows=3))
+        held.release()
+        assert first.wait(10) and a.wait(10) and b.wait(10)
+        oa, ob = a.outputs()["OUTPUT0"], b.outputs()["OUTPUT0"]
+        assert oa.shape == (2, 4) and ob.shape == (3, 4)
+        # Both views point into the same 5-row batch output, one after the other.
+        assert ob.ctypes.data == oa.ctypes.data + oa.nbytes
+
+
+def test_gather_draws_from_the_pool_and_steady_state_allocates_nothing():
+    pool = memory.host_pool()
+    with ModelEngine("m", NativeBackend("identity"), max_batch_size=8) as e:
+
+        def burst():
+            pending = [e.submit(row(i)) for i in range(32)]
+            for p in pending:
+                assert p.wait(10)
+            del pending
+
+        for _ in range(5):
+            burst()
+        core.release_python_owners()
+        warm = pool.stats()["upstream_allocations"]
+        for _ in range(20):
+            burst()
+        assert pool.stats()["upstream_allocations"] == warm
+
+
+def test_statistics_count_timings_and_gauges(recorder):
+    with ModelEngine("m", recorder, max_batch_size=8) as e:
+        for i in range(3):
+            e.infer(row(i))
+        s = e.stats()
+    assert s["success_count"] == 3 and s["execution_count"] == 3 and s["inference_count"] == 3
+    assert s["batch_stats"][1]["count"] == 3
+    assert s["compute_infer_ns"] > 0 and s["queue_ns"] >= 0
+    assert s["queued"] == 0 and s["in_flight"] == 0
+
+
+def test_pending_reports_timings():
+    with ModelEngine("m", NativeBackend("identity", delay_us=20_000), max_batch_size=4) as e:
+        p = e.submit(row(1))
+        assert p.wait(10)
+        assert p.timings["compute_infer_ns"] >= 20_000_000
+        assert p.batch_size == 1
+
+
+# --- asyncio ---------------------------------------------------------------------------------
+
+
+def test_infer_async_resolves_many_requests():
+    async def main(e):
+        results = await asyncio.gather(*(e.infer_async(row(i)) for i in range(200)))
+        for i, out in enumerate(results):
+            np.testing.assert_array_equal(out["INPUT0"], np.full((1, 4), i, np.float32))
+
+    with ModelEngine("m", NativeBackend("identity", delay_us=500), max_batch_size=16, instance_count=2) as e:
+        asyncio.run(main(e))
+
+
+def test_completions_wake_the_loop_once_for_many_requests(held):
+    with ModelEngine("m", held, max_batch_size=64) as e:
+        queue = core.CompletionQueue()
+        first = e.submit(row(-1))
+        assert held.started.wait(10)
+        pending = [e._model.submit(row(i), queue=queue, tag=i) for i in range(50)]
+        held.release()
+        for p in pending:
+            assert p.wait(10)
+        ready = queue.drain()
+        assert sorted(p.tag for p in ready) == list(range(50))
+        assert queue.wakeups == 1  # one fd write for all 50 completions
+        assert first.wait(10)
+
+
+def test_cancelling_the_awaiting_task_removes_the_queued_request(held):
+    async def main(e):
+        first = asyncio.ensure_future(e.infer_async(row(-1)))
+        while not held.started.is_set():
+            await asyncio.sleep(0.01)
+        doomed = asyncio.ensure_future(e.infer_async(row(42)))
+        await asyncio.sleep(0.05)
+        doomed.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await doomed
+        held.release()
+        await first
+
+    with ModelEngine("m", held, max_batch_size=8) as e:
+        asyncio.run(main(e))
+        stats = e.stats()
+    assert stats["failures"] == {"CANCELLED": 1}
+    assert held.batch_sizes() == [1]
+
+
+def test_errors_reach_asyncio_as_exceptions(held):
+    async def main(e):
+        with pytest.raises(modelserve.InvalidArgumentError):
+            await e.infer_async({"INPUT0": np.zeros((9, 4), np.float32)})
+
+    with ModelEngine("m", NativeBackend("identity"), max_batch_size=8) as e:
+        asyncio.run(main(e))
+
+
+def test_blocking_wait_can_time_out(held):
+    with ModelEngine("m", held, max_batch_size=8) as e:
+        p = e.submit(row(1))
+        t0 = time.monotonic()
+        assert p.wait(0.05) is False
+        assert time.monotonic() - t0 < 5
+        held.release()
+        assert p.wait(10)
