@@ -1,0 +1,297 @@
+"""The schema of a model's ``config.yaml`` (DESIGN.md, "Model repository"), validated by pydantic.
+
+Every key is checked; unknown keys are rejected with a "did you mean" hint; every error names the
+file, the key path, what was expected and what was found. :func:`load_config` raises one
+:class:`ConfigError` listing all of a file's errors at once.
+
+Keys and defaults (``config.yaml`` may be absent: every key then takes its default)::
+
+    backend: onnx                   # python | onnx | torch; default: inferred from the version folder
+    max_batch_size: 0               # 0 = no batching; > 0: shapes below exclude the batch dimension
+    inputs: []                      # [{name, datatype, shape}]; default: from the model (onnx)
+    outputs: []
+    dynamic_batching: null          # absent = no queue delay; see DynamicBatchingConfig
+    instances: {count: 1, device: auto}
+    version_policy: {latest: 1}     # or {all: true} or {specific: [1, 3]}
+    labels: {}                      # {stable: 1}: names usable wherever a version number is
+    keep_previous_versions: 1       # superseded versions kept loaded for instant rollback
+    warmup: []                      # [{batch_size, count, data: zero|random|file, file}]
+    parameters: {}                  # free-form, handed to the backend
+"""
+
+from __future__ import annotations
+
+import difflib
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import InvalidArgumentError
+from .tensor import DATATYPES
+
+__all__ = [
+    "ConfigError",
+    "TensorConfig",
+    "DynamicBatchingConfig",
+    "InstancesConfig",
+    "VersionPolicy",
+    "WarmupConfig",
+    "ModelConfig",
+    "load_config",
+    "parse_config",
+]
+
+CONFIG_FILE = "config.yaml"
+
+
+class ConfigError(InvalidArgumentError):
+    """A configuration is invalid. ``errors`` lists every problem, one line each."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = list(errors)
+        super().__init__("\n".join(self.errors))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=False)
+
+
+class TensorConfig(_Strict):
+    """An input or output: ``shape`` excludes the batch dimension when the model batches; -1 is a
+    variable dimension."""
+
+    name: str = Field(min_length=1)
+    datatype: str
+    shape: list[int]
+
+    @field_validator("datatype")
+    @classmethod
+    def _known_datatype(cls, v: str) -> str:
+        if v not in DATATYPES:
+            hint = _did_you_mean(v.upper(), DATATYPES)
+            raise ValueError(f"a datatype, one of {', '.join(DATATYPES)}{hint}")
+        return v
+
+    @field_validator("shape")
+    @classmethod
+    def _dims(cls, v: list[int]) -> list[int]:
+        for d in v:
+            if d < -1 or d == 0:
+                raise ValueError("dimensions >= 1, or -1 for a variable dimension")
+        return v
+
+    def as_spec(self) -> tuple[str, str, list[int]]:
+        return (self.name, self.datatype, list(self.shape))
+
+
+class DynamicBatchingConfig(_Strict):
+    """Triton's dynamic batching settings (see the README's "Dynamic batching")."""
+
+    max_queue_delay_us: int = Field(default=0, ge=0)
+    preferred_batch_sizes: list[typing.Annotated[int, Field(ge=1)]] = Field(default_factory=list)
+    max_queue_size: int = Field(default=0, ge=0)
+    max_queue_bytes: int = Field(default=0, ge=0)
+    default_timeout_us: int = Field(default=0, ge=0)
+    priority_levels: int = Field(default=1, ge=1)
+    default_priority_level: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _default_level_in_range(self) -> "DynamicBatchingConfig":
+        if self.default_priority_level > self.priority_levels:
+            raise ValueError(
+                f"default_priority_level {self.default_priority_level} must be in [0, priority_levels="
+                f"{self.priority_levels}]"
+            )
+        return self
+
+
+class InstancesConfig(_Strict):
+    count: int = Field(default=1, ge=1)
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+
+
+class VersionPolicy(_Strict):
+    """Exactly one of ``latest: N`` (the N highest versions), ``all: true``, ``specific: [..]``."""
+
+    latest: int | None = Field(default=None, ge=1)
+    all: bool | None = None
+    specific: list[typing.Annotated[int, Field(ge=1)]] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "VersionPolicy":
+        given = [k for k in ("latest", "all", "specific") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("exactly one of latest, all, specific")
+        if self.all is False:
+            raise ValueError("all: true (to serve a subset use latest or specific)")
+        if self.specific is not None and not self.specific:
+            raise ValueError("specific: a non-empty list of versions")
+        return self
+
+    def select(self, available: list[int]) -> list[int]:
+        """The versions this policy serves out of those on disk, ascending."""
+        ordered = sorted(available)
+        if self.latest is not None:
+            return ordered[-self.latest :]
+        if self.all:
+            return ordered
+        return [v for v in ordered if v in set(self.specific or ())]
+
+
+class WarmupConfig(_Strict):
+    """Requests run on every instance before a version reports READY."""
+
+    batch_size: int = Field(default=1, ge=1)
+    count: int = Field(default=1, ge=1)
+    data: Literal["zero", "random", "file"] = "zero"
+    file: str | None = None  # .npz with one array per input, relative to the version folder
+
+    @model_validator(mode="after")
+    def _file_with_file_data(self) -> "WarmupConfig":
+        if (self.data == "file") != (self.file is not None):
+            raise ValueError("'file' is required with data: file and only then")
+        return self
+
+
+class ModelConfig(_Strict):
+    backend: str | None = None
+    max_batch_size: int = Field(default=0, ge=0)
+    inputs: list[TensorConfig] = Field(default_factory=list)
+    outputs: list[TensorConfig] = Field(default_factory=list)
+    dynamic_batching: DynamicBatchingConfig | None = None
+    instances: InstancesConfig = Field(default_factory=InstancesConfig)
+    version_policy: VersionPolicy = Field(default_factory=lambda: VersionPolicy(latest=1))
+    labels: dict[str, typing.Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
+    keep_previous_versions: int = Field(default=1, ge=0)
+    warmup: list[WarmupConfig] = Field(default_factory=list)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, v: str | None) -> str | None:
+        from .backends import registered  # late: backends import this module
+
+        if v is not None and v not in registered():
+            raise ValueError(f"a backend, one of {', '.join(registered())}{_did_you_mean(v, registered())}")
+        return v
+
+    @field_validator("labels")
+    @classmethod
+    def _label_names(cls, v: dict[str, int]) -> dict[str, int]:
+        for name in v:
+            if not name or name.isdigit() or name == "latest":
+                raise ValueError(f"label names that are not numbers or 'latest', got {name!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ModelConfig":
+        names = [t.name for t in self.inputs + self.outputs]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"unique input and output names; {dupes} appear more than once")
+        if self.dynamic_batching is not None:
+            for size in self.dynamic_batching.preferred_batch_sizes:
+                if self.max_batch_size == 0 or size > self.max_batch_size:
+                    raise ValueError(
+                        f"dynamic_batching.preferred_batch_sizes within [1, max_batch_size={self.max_batch_size}]"
+                        f"; {size} is not"
+                    )
+        for w in self.warmup:
+            if self.max_batch_size and w.batch_size > self.max_batch_size:
+                raise ValueError(f"warmup batch_size <= max_batch_size={self.max_batch_size}; got {w.batch_size}")
+        return self
+
+    def batching_settings(self) -> dict[str, Any]:
+        """The ``dynamic_batching`` settings as the engine takes them."""
+        return self.dynamic_batching.model_dump() if self.dynamic_batching else {}
+
+
+# --- loading and error reporting ------------------------------------------------------------
+
+
+def load_config(path: str | Path) -> ModelConfig:
+    """Reads and validates ``path`` (a config.yaml, or a model folder holding one). A model folder
+    without config.yaml gets the defaults. Raises ConfigError listing every problem."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CONFIG_FILE
+        if not path.exists():
+            return ModelConfig()
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read: {e.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
+        raise ConfigError([f"{path}: not valid YAML{at}: {getattr(e, 'problem', e)}"]) from None
+    return parse_config(data, source=str(path))
+
+
+def parse_config(data: Any, source: str = CONFIG_FILE) -> ModelConfig:
+    """Validates already-parsed config data; ``source`` names it in errors."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}: expected a mapping of config keys, got {type(data).__name__}"])
+    try:
+        return ModelConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError([_describe(source, err) for err in e.errors(include_url=False)]) from None
+
+
+def _describe(source: str, err: dict) -> str:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "tagged-union"))))
+    key = _key_path(loc)
+    actual = err.get("input")
+    if err["type"] == "extra_forbidden":
+        allowed = _fields_at(loc[:-1])
+        hint = _did_you_mean(str(loc[-1]), allowed)
+        return f"{source}: {key}: unknown key{hint}; expected one of {', '.join(allowed)}"
+    if err["type"] == "missing":
+        return f"{source}: {key}: required key is missing"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = "expected " + msg[len("Value error, ") :]
+    elif msg.startswith("Input should be "):
+        msg = "expected " + msg[len("Input should be ") :]
+    if isinstance(actual, dict) and len(repr(actual)) > 120:
+        actual = "{" + ", ".join(map(str, actual)) + "}"
+    return f"{source}: {key or '(top level)'}: {msg}, got {actual!r}"
+
+
+def _key_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    model: type[BaseModel] | None = ModelConfig
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(str(part))
+        model = _inner_model(field.annotation) if field else None
+    return list(model.model_fields) if model else []
+
+
+def _inner_model(tp: Any) -> type[BaseModel] | None:
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return tp
+    for arg in typing.get_args(tp):
+        found = _inner_model(arg)
+        if found:
+            return found
+    return None
+
+
+def _did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
