@@ -14,12 +14,20 @@ from .errors import (
     UnavailableError,
 )
 from .tensor import DATATYPES, Tensor, as_tensor
+from .runtime import Runtime
+from .repository import VersionState
+from .config import ConfigError, ModelConfig, load_config
 
 __all__ = [
     "__version__",
     "cuda",
     "errors",
     "memory",
+    "Runtime",
+    "VersionState",
+    "ConfigError",
+    "ModelConfig",
+    "load_config",
     "ModelEngine",
     "NativeBackend",
     "Tensor",

@@ -28,7 +28,7 @@ from . import cuda
 from ._native import core as _core
 from .errors import InvalidArgumentError
 
-__all__ = ["ModelEngine", "NativeBackend", "BATCHING_KEYS"]
+__all__ = ["ModelEngine", "AsyncRequest", "NativeBackend", "BATCHING_KEYS"]
 
 NativeBackend = _core.NativeBackend
 
@@ -72,6 +72,25 @@ class _LoopCompletions:
             future = self.futures.pop(pending.tag, None)
             if future is not None and not future.done():
                 future.set_result(pending)
+
+
+class AsyncRequest:
+    """A queued request awaited from asyncio."""
+
+    def __init__(self, pending: Any, future: asyncio.Future, completions: _LoopCompletions, tag: int) -> None:
+        self.pending = pending
+        self._future = future
+        self._completions = completions
+        self._tag = tag
+
+    async def outputs(self, as_numpy: bool = True) -> dict[str, Any]:
+        try:
+            await self._future
+        except asyncio.CancelledError:
+            self._completions.futures.pop(self._tag, None)
+            self.pending.cancel()
+            raise
+        return self.pending.outputs(as_numpy=as_numpy)
 
 
 class ModelEngine:
@@ -138,17 +157,16 @@ class ModelEngine:
         pending.wait()
         return pending.outputs()
 
-    async def infer_async(
+    def submit_async(
         self,
         inputs: Mapping[str, Any],
         *,
         outputs: Iterable[str] | None = None,
         priority: int = 0,
         timeout_us: int = 0,
-        as_numpy: bool = True,
-    ) -> dict[str, Any]:
-        """Like :meth:`infer` for asyncio. Cancelling the awaiting task removes the request from
-        the queue if it has not started."""
+    ) -> "AsyncRequest":
+        """Enqueues a request from a running event loop (synchronously: it is queued when this
+        returns) and returns an :class:`AsyncRequest` to await."""
         loop = asyncio.get_running_loop()
         completions = _LoopCompletions.of(loop)
         tag = next(completions.tags)
@@ -166,13 +184,21 @@ class ModelEngine:
         except BaseException:
             completions.futures.pop(tag, None)
             raise
-        try:
-            await future
-        except asyncio.CancelledError:
-            completions.futures.pop(tag, None)
-            pending.cancel()
-            raise
-        return pending.outputs(as_numpy=as_numpy)
+        return AsyncRequest(pending, future, completions, tag)
+
+    async def infer_async(
+        self,
+        inputs: Mapping[str, Any],
+        *,
+        outputs: Iterable[str] | None = None,
+        priority: int = 0,
+        timeout_us: int = 0,
+        as_numpy: bool = True,
+    ) -> dict[str, Any]:
+        """Like :meth:`infer` for asyncio. Cancelling the awaiting task removes the request from
+        the queue if it has not started."""
+        request = self.submit_async(inputs, outputs=outputs, priority=priority, timeout_us=timeout_us)
+        return await request.outputs(as_numpy=as_numpy)
 
     # --- control --------------------------------------------------------------------------------
     @property

@@ -21,13 +21,16 @@ import numpy as np
 from ..errors import InvalidArgumentError
 from .base import Backend, register
 
-_modules: dict[Path, ModuleType] = {}
+# Keyed by path and file stamp, so a model.py rewritten in place is imported afresh.
+_modules: dict[tuple[Path, int, int], ModuleType] = {}
 _lock = threading.Lock()
 
 
 def _import(path: Path, name: str) -> ModuleType:
+    st = path.stat()
+    key = (path, st.st_mtime_ns, st.st_size)
     with _lock:
-        module = _modules.get(path)
+        module = _modules.get(key)
         if module is None:
             spec = importlib.util.spec_from_file_location(name, path)
             if spec is None or spec.loader is None:
@@ -39,7 +42,7 @@ def _import(path: Path, name: str) -> ModuleType:
             except BaseException:
                 del sys.modules[name]
                 raise
-            _modules[path] = module
+            _modules[key] = module
         return module
 
 
@@ -76,7 +79,9 @@ class PythonBackend(Backend):
 def forget_module(version_dir: Path) -> None:
     """Drops the cached module of a version folder (after the version unloads), so a reload
     re-reads model.py."""
+    path = (version_dir / PythonBackend.model_file).resolve()
     with _lock:
-        module = _modules.pop((version_dir / PythonBackend.model_file).resolve(), None)
-        if module is not None:
-            sys.modules.pop(module.__name__, None)
+        for key in [k for k in _modules if k[0] == path]:
+            module = _modules.pop(key)
+            if sys.modules.get(module.__name__) is module:
+                del sys.modules[module.__name__]

@@ -1,0 +1,191 @@
+"""Runtime: the in-process API, and the one place requests enter the core.
+
+::
+
+    import modelserve
+    with modelserve.Runtime("examples/models") as rt:
+        out = rt.infer("add_sub", {"INPUT0": x, "INPUT1": y})
+        out = await rt.infer_async("recommender", {"USER_ID": ids}, version="stable")
+
+The gRPC and HTTP servers are thin frontends over exactly this object. Every method is safe to
+call from many threads and asyncio tasks at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .repository import ModelRepository
+from .repository.repository import ControlMode
+
+__all__ = ["Runtime"]
+
+Version = int | str | None
+
+
+class Runtime:
+    """Serves the models of one repository in this process.
+
+    ``model_control_mode``: ``"none"`` loads every model at start; ``"explicit"`` loads only
+    ``load_models`` and then what :meth:`load_model` asks for; ``"poll"`` loads everything and
+    rescans every ``poll_interval`` seconds. ``version`` arguments take a number, a label
+    (``"stable"``), ``"latest"`` or None (the model's default version).
+    """
+
+    def __init__(
+        self,
+        repository: str | Path,
+        *,
+        model_control_mode: ControlMode = "none",
+        poll_interval: float = 5.0,
+        load_models: Iterable[str] = (),
+    ) -> None:
+        self.repository = ModelRepository(
+            repository, control_mode=model_control_mode, poll_interval=poll_interval, load_models=list(load_models)
+        )
+        self._closed = False
+        self.repository.start()
+
+    # --- inference ------------------------------------------------------------------------------
+    def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, Any],
+        *,
+        version: Version = None,
+        outputs: Iterable[str] | None = None,
+        priority: int = 0,
+        timeout_us: int = 0,
+    ) -> dict[str, np.ndarray]:
+        """Runs one request (batched with others by the model's dynamic batcher) and returns its
+        outputs as numpy arrays."""
+        pending = self.submit(model, inputs, version=version, outputs=outputs, priority=priority, timeout_us=timeout_us)
+        pending.wait()
+        return pending.outputs()
+
+    def submit(
+        self,
+        model: str,
+        inputs: Mapping[str, Any],
+        *,
+        version: Version = None,
+        outputs: Iterable[str] | None = None,
+        priority: int = 0,
+        timeout_us: int = 0,
+    ) -> Any:
+        """Enqueues a request; returns a handle with ``wait()``, ``outputs()``, ``cancel()``."""
+        with self.repository.get(model).route(version) as mv:
+            assert mv.engine is not None
+            return mv.engine.submit(inputs, outputs=outputs, priority=priority, timeout_us=timeout_us)
+
+    async def infer_async(
+        self,
+        model: str,
+        inputs: Mapping[str, Any],
+        *,
+        version: Version = None,
+        outputs: Iterable[str] | None = None,
+        priority: int = 0,
+        timeout_us: int = 0,
+        as_numpy: bool = True,
+    ) -> dict[str, Any]:
+        """:meth:`infer` for asyncio; cancelling the task removes a still-queued request."""
+        with self.repository.get(model).route(version) as mv:
+            assert mv.engine is not None
+            request = mv.engine.submit_async(inputs, outputs=outputs, priority=priority, timeout_us=timeout_us)
+        return await request.outputs(as_numpy=as_numpy)
+
+    # --- health and metadata ----------------------------------------------------------------
+    def live(self) -> bool:
+        return not self._closed
+
+    def ready(self) -> bool:
+        """True when every model the repository should serve has a READY default version."""
+        return not self._closed and self.repository.ready()
+
+    def model_ready(self, model: str, version: Version = None) -> bool:
+        try:
+            mv = self.repository.get(model).lookup(version)
+        except Exception:
+            return False
+        return mv.state.value == "READY"
+
+    def model_metadata(self, model: str, version: Version = None) -> dict[str, Any]:
+        """Name, ready versions, platform (the backend) and the inputs and outputs, with the batch
+        dimension (-1) first when the model batches, as the Open Inference Protocol shows them."""
+        managed = self.repository.get(model)
+        mv = managed.lookup(version)
+        batch = [-1] if mv.config.max_batch_size > 0 else []
+        return {
+            "name": model,
+            "versions": [str(v) for v in managed.ready_versions()],
+            "platform": mv.backend_name,
+            "inputs": [{"name": t.name, "datatype": t.datatype, "shape": batch + t.shape} for t in mv.inputs],
+            "outputs": [{"name": t.name, "datatype": t.datatype, "shape": batch + t.shape} for t in mv.outputs],
+        }
+
+    def model_config(self, model: str, version: Version = None) -> dict[str, Any]:
+        """The effective configuration (defaults filled, inputs and outputs resolved)."""
+        mv = self.repository.get(model).lookup(version)
+        config = mv.config.model_dump(mode="json")
+        config["name"] = model
+        config["inputs"] = [t.model_dump() for t in mv.inputs]
+        config["outputs"] = [t.model_dump() for t in mv.outputs]
+        return config
+
+    def model_statistics(self, model: str | None = None, version: Version = None) -> list[dict[str, Any]]:
+        """Per-version statistics of the core (counts, queue and compute times, batch sizes)."""
+        names = [model] if model else sorted(self.repository.models)
+        out = []
+        for name in names:
+            managed = self.repository.get(name)
+            versions = [managed.lookup(version)] if version is not None else [
+                managed.versions[v] for v in managed.ready_versions()
+            ]
+            for mv in versions:
+                if mv.engine is not None:
+                    out.append({"name": name, "version": str(mv.version), **mv.engine.stats()})
+        return out
+
+    def model_versions(self, model: str) -> dict[str, Any]:
+        """Routing (default version, labels) and every version's state, reason, history and
+        load duration by phase."""
+        return self.repository.get(model).describe()
+
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+        index = self.repository.index()
+        return [e for e in index if e["state"] == "READY"] if ready_only else index
+
+    # --- control --------------------------------------------------------------------------------
+    def load_model(self, model: str) -> None:
+        """Loads or reloads ``model`` (model control mode ``explicit``)."""
+        self.repository.load(model)
+
+    def unload_model(self, model: str) -> None:
+        """Drains and unloads every version of ``model`` (model control mode ``explicit``)."""
+        self.repository.unload(model)
+
+    def rollback(self, model: str, version: int | None = None, *, label: str | None = None) -> int:
+        """Points the default (or ``label``) at ``version`` (default: the newest READY version
+        older than the current one) at once; returns the version now targeted."""
+        return self.repository.get(model).rollback(version, label)
+
+    def set_label(self, model: str, label: str, version: int) -> None:
+        self.repository.get(model).set_label(label, version)
+
+    def close(self) -> None:
+        """Stops taking requests, finishes those queued, and unloads every model."""
+        if not self._closed:
+            self._closed = True
+            self.repository.close()
+
+    def __enter__(self) -> "Runtime":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
