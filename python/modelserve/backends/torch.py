@@ -28,6 +28,7 @@ wins); without the parameter PyTorch's default (one thread per physical core) is
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any
 
 import numpy as np
@@ -79,7 +80,9 @@ class TorchBackend(Backend):
         threads = ctx.parameters.get("num_threads")
         if threads is not None:
             if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-                raise InvalidArgumentError(f"{ctx.label}: parameters.num_threads: expected an integer >= 1, got {threads!r}")
+                raise InvalidArgumentError(
+                    f"{ctx.label}: parameters.num_threads: expected an integer >= 1, got {threads!r}"
+                )
             torch.set_num_threads(threads)
 
         device = "cpu"
@@ -97,7 +100,11 @@ class TorchBackend(Backend):
         if not path.is_file():
             raise InvalidArgumentError(f"{path}: no such model file")
         try:
-            module = torch.jit.load(str(path), map_location=self.device)
+            with warnings.catch_warnings():
+                # torch 2.13 deprecates TorchScript itself; serving a saved model.pt is what this
+                # backend is for, so the warning would only repeat on every load.
+                warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is", DeprecationWarning)
+                module = torch.jit.load(str(path), map_location=self.device)
         except Exception as e:  # not TorchScript, saved by a newer torch, ...
             raise InvalidArgumentError(f"{path}: torch.jit.load cannot load the model: {e}") from e
         self.module = module.eval()
