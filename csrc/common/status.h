@@ -21,6 +21,7 @@ enum class StatusCode : int {
   kDeadlineExceeded = 5,  // queue timeout                           -> 504
   kInternal = 6,          // the backend raised, invariant broken    -> 500
   kCancelled = 7,         // the client cancelled a queued request   -> 499
+  kPermissionDenied = 8,  // a management call without its token     -> 403
 };
 
 const char* status_code_name(StatusCode code);

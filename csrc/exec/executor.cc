@@ -436,8 +436,12 @@ void Executor::finish(Instance& inst, Batch& batch, const TensorList& outputs, c
     b.compute_input_ns += t.compute_input_ns;
     b.compute_infer_ns += t.compute_infer_ns;
     b.compute_output_ns += t.compute_output_ns;
+    const int64_t compute_ns = t.compute_input_ns + t.compute_infer_ns + t.compute_output_ns;
     for (size_t i = 0; i < batch.requests.size(); ++i) {
       if (!responses[i].status.is_ok()) continue;
+      stats_.queue_hist.observe(responses[i].timings.queue_ns);
+      stats_.compute_hist.observe(compute_ns);
+      stats_.request_hist.observe(elapsed_ns(batch.requests[i]->enqueue_time, scatter_end));
       stats_.queue_ns += responses[i].timings.queue_ns;
       stats_.compute_input_ns += t.compute_input_ns;
       stats_.compute_infer_ns += t.compute_infer_ns;

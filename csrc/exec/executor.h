@@ -23,6 +23,28 @@ struct BatchStats {
   int64_t compute_output_ns = 0;
 };
 
+// A cumulative latency histogram with fixed bucket bounds (Prometheus-style "le" buckets): cheap
+// to update under the stats mutex, exported at scrape time.
+struct LatencyHistogram {
+  // Upper bounds in nanoseconds: 50 us .. 10 s, roughly x2.5 apart; the last bucket is +Inf.
+  static constexpr int64_t kBoundsNs[] = {50'000, 100'000, 250'000, 500'000, 1'000'000, 2'500'000,
+                                          5'000'000, 10'000'000, 25'000'000, 50'000'000, 100'000'000,
+                                          250'000'000, 500'000'000, 1'000'000'000, 2'500'000'000,
+                                          10'000'000'000};
+  static constexpr int kBuckets = sizeof(kBoundsNs) / sizeof(kBoundsNs[0]) + 1;
+  uint64_t counts[kBuckets] = {};  // per bucket, not cumulative
+  int64_t sum_ns = 0;
+  uint64_t count = 0;
+
+  void observe(int64_t ns) {
+    int i = 0;
+    while (i < kBuckets - 1 && ns > kBoundsNs[i]) ++i;
+    counts[i] += 1;
+    sum_ns += ns;
+    count += 1;
+  }
+};
+
 // Per-model statistics, cumulative since the model started (Triton's ModelStatistics shape).
 struct ModelStats {
   uint64_t success_count = 0;   // requests
@@ -35,6 +57,9 @@ struct ModelStats {
   int64_t compute_output_ns = 0;
   std::map<int64_t, BatchStats> batch_stats;  // by batch size (rows)
   std::map<std::string, uint64_t> failures;   // by status code name
+  LatencyHistogram queue_hist;    // enqueue -> dispatch, successful requests
+  LatencyHistogram compute_hist;  // input + infer + output of the request's batch
+  LatencyHistogram request_hist;  // enqueue -> completion
   uint64_t queued = 0;          // in the batcher's queue now
   uint64_t in_flight = 0;       // dispatched to an instance, not yet completed
   int instances = 0;

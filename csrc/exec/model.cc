@@ -78,6 +78,15 @@ void Model::check_request(const Request& r) const {
 }
 
 uint64_t Model::submit(RequestPtr& request) {
+  try {
+    return submit_checked(request);
+  } catch (const Error& e) {
+    executor_.record_failure(e.code());  // refused requests count as failures, by code
+    throw;
+  }
+}
+
+uint64_t Model::submit_checked(RequestPtr& request) {
   MS_EXPECTS(!shut_down_, kUnavailable, config_.batching.model, ": not accepting requests (unloading)");
   check_request(*request);
   const uint64_t id = next_id_.fetch_add(1, std::memory_order_relaxed);

@@ -57,6 +57,7 @@ class Model {
 
  private:
   void check_request(const Request& request) const;
+  uint64_t submit_checked(RequestPtr& request);
 
   ModelConfig config_;
   std::atomic<uint64_t> next_id_{1};

@@ -163,7 +163,7 @@ PYBIND11_MODULE(_core, m) {
 
   // --- status codes and datatypes ---
   py::dict codes;
-  for (int c = 0; c <= static_cast<int>(StatusCode::kCancelled); ++c) {
+  for (int c = 0; c <= static_cast<int>(StatusCode::kPermissionDenied); ++c) {
     codes[py::str(status_code_name(static_cast<StatusCode>(c)))] = c;
   }
   m.attr("STATUS_CODES") = codes;
@@ -438,6 +438,20 @@ PYBIND11_MODULE(_core, m) {
           batches[py::int_(size)] = e;
         }
         d["batch_stats"] = batches;
+        auto hist = [](const LatencyHistogram& h) {
+          py::dict e;
+          py::list bounds, counts;
+          for (int64_t b : LatencyHistogram::kBoundsNs) bounds.append(b);
+          for (uint64_t c : h.counts) counts.append(c);
+          e["bounds_ns"] = bounds;
+          e["counts"] = counts;
+          e["sum_ns"] = h.sum_ns;
+          e["count"] = h.count;
+          return e;
+        };
+        d["queue_hist"] = hist(s.queue_hist);
+        d["compute_hist"] = hist(s.compute_hist);
+        d["request_hist"] = hist(s.request_hist);
         d["queued"] = s.queued;
         d["in_flight"] = s.in_flight;
         d["instances"] = s.instances;

@@ -22,6 +22,7 @@ __all__ = [
     "DeadlineExceededError",
     "InternalError",
     "CancelledError",
+    "PermissionDeniedError",
     "from_status",
 ]
 
@@ -59,6 +60,10 @@ class InternalError(ModelserveError):
     code, status, grpc_code, http_status = 6, "INTERNAL", "INTERNAL", 500
 
 
+class PermissionDeniedError(ModelserveError):
+    code, status, grpc_code, http_status = 8, "PERMISSION_DENIED", "PERMISSION_DENIED", 403
+
+
 class CancelledError(ModelserveError):
     # 499 is the de-facto "client closed request" status (nginx); no response reaches that client.
     code, status, grpc_code, http_status = 7, "CANCELLED", "CANCELLED", 499
@@ -74,6 +79,7 @@ _BY_CODE: dict[int, type[ModelserveError]] = {
         DeadlineExceededError,
         InternalError,
         CancelledError,
+        PermissionDeniedError,
     )
 }
 
