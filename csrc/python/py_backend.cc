@@ -31,6 +31,30 @@ class GilObject {
   py::object obj_;
 };
 
+// Note [Instance thread states]
+// ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+// A core thread that takes the GIL needs a PyThreadState. gil_scoped_acquire creates one when the
+// thread has none and deletes it again on release: two allocations and interpreter-list updates
+// per batch. An instance thread instead keeps the state it got on its first batch (one extra
+// reference) until the thread exits, when the thread_local below drops it, taking the GIL to do so.
+struct KeptThreadState {
+  bool kept = false;
+  ~KeptThreadState() {
+    if (kept && Py_IsInitialized()) {
+      py::gil_scoped_acquire gil;
+      gil.dec_ref();  // the reference taken in keep_thread_state(); the state goes with `gil`
+    }
+  }
+};
+
+void keep_thread_state(py::gil_scoped_acquire& gil) {
+  thread_local KeptThreadState kept;
+  if (!kept.kept) {
+    gil.inc_ref();
+    kept.kept = true;
+  }
+}
+
 std::string describe(py::error_already_set& e) {
   std::string type = py::str(e.type().attr("__name__")).cast<std::string>();
   std::string message = py::str(e.value()).cast<std::string>();
@@ -43,6 +67,7 @@ class PyBackend final : public Backend {
 
   TensorList execute(const ExecuteContext& ctx) override {
     py::gil_scoped_acquire gil;
+    keep_thread_state(gil);
     try {
       py::dict inputs;
       for (const auto& in : ctx.inputs) inputs[py::str(in.name)] = tensor_to_numpy(in.tensor);
@@ -51,7 +76,6 @@ class PyBackend final : public Backend {
                  "execute() must return a dict of output name to numpy array, got ",
                  Py_TYPE(result.ptr())->tp_name);
       TensorList outputs;
-      py::module_ np = py::module_::import("numpy");
       for (auto item : result.attr("items")()) {
         auto pair = item.cast<py::tuple>();
         std::string name = py::str(pair[0]).cast<std::string>();
@@ -60,7 +84,9 @@ class PyBackend final : public Backend {
                 ctx.requested_outputs.end()) {
           continue;  // not asked for by anyone in this batch: skip the conversion
         }
-        py::array array = np.attr("asarray")(pair[1]);
+        py::array array = py::array::ensure(pair[1]);
+        MS_EXPECTS(array, kInternal, "output '", name, "' is a ", Py_TYPE(pair[1].ptr())->tp_name,
+                   ", not convertible to a numpy array");
         try {
           outputs.push_back({name, tensor_from_numpy(array)});
         } catch (const Error& e) {
