@@ -1,0 +1,878 @@
+"""The Open Inference Protocol over gRPC (``inference.GRPCInferenceService``), plus the standard
+``grpc.health.v1.Health`` service, on ``grpc.aio``.
+
+::
+
+    frontend = GrpcFrontend(runtime, ServerOptions(grpc_port=0), Health(runtime))
+    port = await frontend.start()       # the bound port (0 picks a free one)
+    ...
+    await frontend.stop(grace=5.0)
+
+The handlers only translate: decode the request, call :class:`modelserve.Runtime`, encode the
+answer. Every :class:`~modelserve.errors.ModelserveError` becomes the gRPC status of its
+``grpc_code`` with its message; anything else is INTERNAL (and logged with its traceback).
+Protocol facts: ``../shared/spec/open-inference-protocol.md``. The decisions this module takes:
+
+Message size (``ServerOptions.max_message_bytes``, ``--max-message-bytes``, default 64 MiB).
+    gRPC refuses a message over its own ``grpc.max_receive_message_length`` before any handler
+    runs, with a text of its own that names no flag. So gRPC's receive limit is set to protobuf's
+    ceiling (2 GiB - 1, what tritonclient and Triton use), and every request deserializer checks
+    the size of the raw message itself: a request over the limit gets RESOURCE_EXHAUSTED saying
+    it was the server's receive limit, the message's size, the limit and ``--max-message-bytes``
+    (and the model, read from the message's top-level fields without decoding it). The size is
+    the decompressed one when the client compressed the message.
+    The price: a request up to 2 GiB is received in full before it is refused (the same bound
+    Triton always runs with); the limit still keeps such a request from being decoded, queued or
+    run. An inference response over the limit is refused the same way (RESOURCE_EXHAUSTED, the
+    server's send limit, the size); gRPC's own send limit is set to ours as a backstop for the
+    other responses.
+
+Zero copies.
+    ``raw_input_contents`` are not copied out of the request: the deserializer finds them in the
+    message's bytes and hands memoryviews of them to the tensors (the rest of the message, a few
+    hundred bytes, goes through protobuf). Outputs are written into the response bytes straight
+    from the tensors' buffers: the response is protobuf's encoding of everything but
+    ``raw_output_contents`` followed by those entries, joined once (one copy, the one into the
+    response that DESIGN.md allows).
+
+Versions.
+    ``model_version`` "" means the model's default version; numbers and labels are passed to the
+    Runtime. The version string is resolved to a number before the request is queued, and that
+    number is what runs and what the response's ``model_version`` reports. A version that is
+    neither a number nor a label is NOT_FOUND ("no version or label"), not INVALID_ARGUMENT as in
+    Triton, because labels make any string a possible version.
+
+Deadlines, priorities, cancellation.
+    Request parameters ``priority`` (uint64_param from tritonclient, int64_param accepted) and
+    ``timeout`` (int64_param, microseconds) go to the Runtime. The call's gRPC deadline becomes the
+    request's queue timeout when it is shorter than ``timeout`` or none is given, so a request whose
+    client has given up expires in the queue instead of running. A cancelled call cancels its
+    handler task, which is awaiting ``Runtime.infer_async`` directly: that removes the request from
+    its queue. Timeouts above 2^40 us (12.7 days) are capped there, as "no timeout" in practice.
+    ``sequence_id``/``sequence_start``/``sequence_end`` are accepted and ignored (no model is a
+    sequence model); other ``triton_*`` parameters than ``triton_enable_empty_final_response`` are
+    INVALID_ARGUMENT, as in Triton.
+
+Streaming (ModelStreamInfer).
+    Requests on one stream run concurrently (so they batch); each response is written when it is
+    ready, with the request ``id`` and ``triton_final_response: true``, so clients correlate by
+    id, not order. A failed request is answered in-band (``error_message``, with the request id
+    appended when there is one) and the stream stays open, unless the call carries the metadata
+    ``triton_grpc_error: true``: then the first error ends the stream with its gRPC status.
+
+Health.
+    ServerLive, ServerReady and ModelReady answer a boolean with status OK, always (an unknown
+    model is ``ready: false``). ``grpc.health.v1.Health``: service "" and
+    ``inference.GRPCInferenceService`` are SERVING while the server is ready (Health.ready()),
+    NOT_SERVING otherwise; other names are NOT_FOUND (Check) or SERVICE_UNKNOWN (Watch).
+
+Authorisation (bearer tokens in the ``authorization`` metadata, ``common.check_token``).
+    With ``inference_token`` set, every rpc but the health ones needs it. RepositoryModelLoad and
+    RepositoryModelUnload need ``admin_token`` when it is set, else the inference token when that
+    is set (management is never easier to reach than inference).
+
+Not implemented.
+    Shared memory, trace and log settings: the rpcs exist so that tritonclient's calls get a clear
+    answer. The status rpcs report no regions, unregistering succeeds (nothing is registered),
+    registering and the settings rpcs are UNIMPLEMENTED with a message saying what to use
+    instead. Inputs or outputs naming a shared-memory region, and classification outputs, are
+    UNIMPLEMENTED too. Loading with a ``config`` or ``file:`` override, and a non-empty
+    ``repository_name``, are UNIMPLEMENTED (models load from the served repository, by name).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from .._proto import inference_pb2 as pb
+from .._version import __version__
+from ..errors import (
+    InternalError,
+    InvalidArgumentError,
+    ModelserveError,
+    NotFoundError,
+    ResourceExhaustedError,
+)
+from ..runtime import Runtime
+from ..tensor import Tensor
+from .common import ServerOptions, check_token, request_options, tensor_from_raw, tensor_from_values
+from .health import Health
+
+__all__ = ["GrpcFrontend", "SERVICE", "EXTENSIONS"]
+
+log = logging.getLogger("modelserve.server.grpc")
+
+SERVICE = "inference.GRPCInferenceService"
+
+#: Protocol extensions modelserve implements (ServerMetadata.extensions); binary_tensor_data is the
+#: HTTP frontend's.
+EXTENSIONS = [
+    "binary_tensor_data",
+    "model_configuration",
+    "model_repository",
+    "parameters",
+    "schedule_policy",
+    "statistics",
+]
+
+#: protobuf's ceiling on a message, and what tritonclient and Triton configure.
+GRPC_MAX = 2**31 - 1
+#: Longer queue timeouts are "no timeout" in practice; capping them keeps the core's deadline
+#: arithmetic (nanoseconds in an int64) far from overflow.
+MAX_TIMEOUT_US = 1 << 40
+MAX_PRIORITY = 2**32 - 1
+
+#: The typed-contents field of each datatype (spec 1.5); FP16 and BF16 travel raw only.
+TYPED_FIELD = {
+    "BOOL": "bool_contents",
+    "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "FP32": "fp32_contents", "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+#: Request parameters with a meaning here; any other key without the reserved prefix is the
+#: client's own and is accepted.
+KNOWN_PARAMETERS = {"priority", "timeout", "sequence_id", "sequence_start", "sequence_end",
+                    "triton_enable_empty_final_response"}
+
+class UnimplementedError(ModelserveError):
+    """A protocol feature modelserve does not implement (gRPC UNIMPLEMENTED, HTTP 501)."""
+
+    status, grpc_code, http_status = "UNIMPLEMENTED", "UNIMPLEMENTED", 501
+
+
+# --- wire helpers -----------------------------------------------------------------------------
+
+
+class _Refused:
+    """What a request deserializer returns instead of a message it refused (too large, or not
+    protobuf): the handler raises ``error`` with the call's other checks done first. ``id`` is
+    the request id, where it could be read (for streamed errors)."""
+
+    __slots__ = ("error", "id")
+
+    def __init__(self, error: ModelserveError, request_id: str = "") -> None:
+        self.error = error
+        self.id = request_id
+
+
+class _InferCall:
+    """A decoded ModelInferRequest: the message without its ``raw_input_contents``, and those as
+    memoryviews of the received bytes."""
+
+    __slots__ = ("request", "raw")
+
+    def __init__(self, request: Any, raw: list[memoryview]) -> None:
+        self.request = request
+        self.raw = raw
+
+
+class _InferReply:
+    """A ModelInferResponse whose ``raw_output_contents`` are still the output buffers."""
+
+    __slots__ = ("head", "raw", "size")
+
+    def __init__(self, message: Any, raw: list[Any]) -> None:
+        self.head = message.SerializeToString()
+        self.raw = raw
+        self.size = len(self.head) + sum(1 + len(_varint(len(b))) + len(b) for b in raw)
+
+    def parts(self) -> list[Any]:
+        """The response's bytes in pieces: the message, then each raw_output_contents entry
+        (field 6, length-delimited) as tag, length and the output's own buffer."""
+        out: list[Any] = [self.head]
+        for b in self.raw:
+            out += (b"\x32", _varint(len(b)), b)
+        return out
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _read_varint(data: memoryview, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ValueError("truncated or overlong varint")
+        b = data[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(view: memoryview) -> Iterator[tuple[int, int, int, int]]:
+    """The top-level fields of a serialized message: (number, start of the field, start and end
+    of a length-delimited value, or -1, -1). Raises ValueError on bytes that are not protobuf."""
+    pos, n = 0, len(view)
+    while pos < n:
+        start = pos
+        key, pos = _read_varint(view, pos)
+        wire, begin, end = key & 7, -1, -1
+        if wire == 0:
+            _, pos = _read_varint(view, pos)
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        elif wire == 2:
+            length, begin = _read_varint(view, pos)
+            pos = end = begin + length
+        else:
+            raise ValueError(f"unsupported wire type {wire} at byte {start}")
+        if pos > n:
+            raise ValueError(f"field {key >> 3} runs past the end of the message")
+        yield key >> 3, start, begin, end
+
+
+def split_raw_inputs(data: bytes) -> tuple[bytes, list[memoryview]]:
+    """Splits a serialized ModelInferRequest into the message without field 7
+    (``raw_input_contents``) and memoryviews of field 7's entries, in order (top-level fields
+    only; protobuf parses the rest). Raises ValueError on bytes that are not protobuf."""
+    view = memoryview(data)
+    raw: list[memoryview] = []
+    rest: list[memoryview] = []
+    kept = 0
+    for number, start, begin, end in _fields(view):
+        if number == 7 and begin >= 0:
+            rest.append(view[kept:start])
+            raw.append(view[begin:end])
+            kept = end
+    if not raw:
+        return data, raw
+    rest.append(view[kept:])
+    return b"".join(rest), raw
+
+
+def _describe_refused(data: bytes) -> tuple[str, str]:
+    """For the error about a request that is not decoded (too large): the model it names (field 1)
+    and its id (field 3), from its top-level fields, or "" where they cannot be read."""
+    found = {1: "", 3: ""}
+    try:
+        view = memoryview(data)
+        for number, _, begin, end in _fields(view):
+            if number in found and begin >= 0 and end - begin <= 1024:
+                found[number] = bytes(view[begin:end]).decode("utf-8", "replace")
+    except ValueError:
+        pass
+    return found[1], found[3]
+
+
+def _output_buffer(name: str, tensor: Tensor) -> Any:
+    """A tensor's bytes as the wire carries them (BYTES: length-prefixed), without a copy."""
+    if tensor.nbytes == 0:
+        return b""
+    try:
+        return memoryview(tensor).cast("B")
+    except (ValueError, TypeError, ModelserveError) as e:  # not host memory, or not contiguous
+        return _copy_out(name, tensor, e)
+
+
+def _copy_out(name: str, tensor: Tensor, why: Exception) -> bytes:
+    try:
+        return tensor.tobytes()
+    except ModelserveError:
+        raise InternalError(f"output '{name}' is in {tensor.device} memory and cannot be sent: {why}") from None
+
+
+def _parameter_value(p: Any) -> Any:
+    which = p.WhichOneof("parameter_choice")
+    return None if which is None else getattr(p, which)
+
+
+def _metadata(context: grpc.aio.ServicerContext, key: str) -> str | None:
+    for k, v in context.invocation_metadata() or ():
+        if k == key:
+            return v if isinstance(v, str) else v.decode("latin-1")
+    return None
+
+
+def _size_error(what: str, size: int, limit: int) -> ResourceExhaustedError:
+    return ResourceExhaustedError(
+        f"{what} is {size} bytes, more than the server's receive limit of {limit} bytes; "
+        f"start the server with a larger --max-message-bytes to accept it"
+    )
+
+
+def _check_model_name(name: str, field: str = "model_name") -> None:
+    if not name:
+        raise InvalidArgumentError(f"{field} is empty; name the model")
+    if "\x00" in name:
+        raise InvalidArgumentError(f"{field} {name!r} contains a NUL byte")
+
+
+def _where(model: str, version: str | int | None) -> str:
+    return f"model '{model}'" + (f" version {version}" if version not in (None, "") else "")
+
+
+# --- the frontend -----------------------------------------------------------------------------
+
+
+class GrpcFrontend:
+    """The gRPC frontend over one :class:`~modelserve.Runtime` (module docstring: the decisions)."""
+
+    def __init__(self, runtime: Runtime, options: ServerOptions, health: Health) -> None:
+        self.runtime = runtime
+        self.options = options
+        self.health = health
+        self.port: int | None = None
+        self._server: grpc.aio.Server | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> int:
+        """Binds ``options.host:options.grpc_port`` (TLS when ``tls_cert``/``tls_key`` are set,
+        mutual TLS with ``tls_client_ca``), starts serving, and returns the bound port."""
+        o = self.options
+        limit = o.max_message_bytes
+        if limit <= 0 or limit > GRPC_MAX:
+            raise InvalidArgumentError(f"max_message_bytes must be in [1, {GRPC_MAX}], got {limit}")
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", GRPC_MAX),  # ours is checked per message
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 0),  # a port in use is an error, not a shared port
+            ]
+        )
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, self._handlers()),))
+        health_pb2_grpc.add_HealthServicer_to_server(_HealthServicer(self.health), server)
+        host = f"[{o.host}]" if ":" in o.host and not o.host.startswith("[") else o.host
+        address = f"{host}:{o.grpc_port}"
+        try:
+            credentials = self._credentials()
+            port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+        except RuntimeError as e:
+            raise OSError(f"gRPC cannot listen on {address}: {e} (is the port in use? see --grpc-port)") from None
+        if not port:
+            raise OSError(f"gRPC cannot listen on {address} (is the port in use? see --grpc-port)")
+        await server.start()
+        self._server, self.port = server, port
+        return port
+
+    async def stop(self, grace: float) -> None:
+        """Stops taking calls; those in flight get ``grace`` seconds, then are cancelled."""
+        if self._server is not None:
+            server, self._server = self._server, None
+            await server.stop(grace)
+
+    def _credentials(self) -> grpc.ServerCredentials | None:
+        o = self.options
+        if not (o.tls_cert or o.tls_key):
+            if o.tls_client_ca:
+                raise InvalidArgumentError("tls_client_ca (mutual TLS) needs tls_cert and tls_key as well")
+            return None
+        if not (o.tls_cert and o.tls_key):
+            raise InvalidArgumentError("TLS needs both tls_cert and tls_key")
+        cert, key = _read_pem(o.tls_cert, "tls_cert"), _read_pem(o.tls_key, "tls_key")
+        ca = _read_pem(o.tls_client_ca, "tls_client_ca") if o.tls_client_ca else None
+        return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
+
+    # --- dispatch -------------------------------------------------------------------------------
+    def _handlers(self) -> dict[str, grpc.RpcMethodHandler]:
+        open_, inference, admin = "open", "inference", "admin"
+        unary = {
+            "ServerLive": (self._server_live, pb.ServerLiveRequest, open_),
+            "ServerReady": (self._server_ready, pb.ServerReadyRequest, open_),
+            "ModelReady": (self._model_ready, pb.ModelReadyRequest, open_),
+            "ServerMetadata": (self._server_metadata, pb.ServerMetadataRequest, inference),
+            "ModelMetadata": (self._model_metadata, pb.ModelMetadataRequest, inference),
+            "ModelConfig": (self._model_config, pb.ModelConfigRequest, inference),
+            "ModelStatistics": (self._model_statistics, pb.ModelStatisticsRequest, inference),
+            "RepositoryIndex": (self._repository_index, pb.RepositoryIndexRequest, inference),
+            "RepositoryModelLoad": (self._repository_load, pb.RepositoryModelLoadRequest, admin),
+            "RepositoryModelUnload": (self._repository_unload, pb.RepositoryModelUnloadRequest, admin),
+            "SystemSharedMemoryStatus": (self._shm_status(pb.SystemSharedMemoryStatusResponse), pb.SystemSharedMemoryStatusRequest, inference),
+            "SystemSharedMemoryRegister": (self._unimplemented("system shared memory"), pb.SystemSharedMemoryRegisterRequest, inference),
+            "SystemSharedMemoryUnregister": (self._shm_unregister(pb.SystemSharedMemoryUnregisterResponse), pb.SystemSharedMemoryUnregisterRequest, inference),
+            "CudaSharedMemoryStatus": (self._shm_status(pb.CudaSharedMemoryStatusResponse), pb.CudaSharedMemoryStatusRequest, inference),
+            "CudaSharedMemoryRegister": (self._unimplemented("CUDA shared memory"), pb.CudaSharedMemoryRegisterRequest, inference),
+            "CudaSharedMemoryUnregister": (self._shm_unregister(pb.CudaSharedMemoryUnregisterResponse), pb.CudaSharedMemoryUnregisterRequest, inference),
+            "TraceSetting": (self._unimplemented("trace settings"), pb.TraceSettingRequest, inference),
+            "LogSettings": (self._unimplemented("log settings"), pb.LogSettingsRequest, inference),
+        }
+        handlers = {
+            name: grpc.unary_unary_rpc_method_handler(
+                self._unary_behaviour(name, fn, auth),
+                request_deserializer=self._deserializer(cls),
+                response_serializer=_serialize,
+            )
+            for name, (fn, cls, auth) in unary.items()
+        }
+        handlers["ModelInfer"] = grpc.unary_unary_rpc_method_handler(
+            self._model_infer, request_deserializer=self._decode_infer, response_serializer=_serialize
+        )
+        handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
+            self._model_stream_infer, request_deserializer=self._decode_infer, response_serializer=_serialize_stream
+        )
+        return handlers
+
+    def _deserializer(self, cls: Any) -> Callable[[bytes], Any]:
+        limit = self.options.max_message_bytes
+        name = cls.DESCRIPTOR.name
+
+        def decode(data: bytes) -> Any:
+            if len(data) > limit:
+                return _Refused(_size_error(f"{name}", len(data), limit))
+            try:
+                return cls.FromString(data)
+            except Exception as e:  # protobuf's DecodeError, or anything a hostile message provokes
+                return _Refused(InvalidArgumentError(f"{name} is not a valid protobuf message: {e}"))
+
+        return decode
+
+    def _decode_infer(self, data: bytes) -> _InferCall | _Refused:
+        limit = self.options.max_message_bytes
+        if len(data) > limit:
+            model, request_id = _describe_refused(data)
+            what = f"ModelInferRequest for model '{model}'" if model else "ModelInferRequest"
+            return _Refused(_size_error(what, len(data), limit), request_id)
+        try:
+            rest, raw = split_raw_inputs(data)
+            return _InferCall(pb.ModelInferRequest.FromString(rest), raw)
+        except Exception as e:
+            return _Refused(InvalidArgumentError(f"ModelInferRequest is not a valid protobuf message: {e}"))
+
+    def _authorize(self, context: grpc.aio.ServicerContext, level: str, what: str) -> None:
+        o = self.options
+        if level == "open":
+            return
+        token = o.admin_token if level == "admin" and o.admin_token is not None else o.inference_token
+        if token is not None:
+            check_token(token, _metadata(context, "authorization"), what)
+
+    def _unary_behaviour(self, rpc: str, fn: Callable[..., Any], auth: str) -> Callable[..., Any]:
+        async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                self._authorize(context, auth, rpc)
+                if isinstance(request, _Refused):
+                    raise request.error
+                return await fn(request, context)
+            except ModelserveError as e:
+                code, message = grpc.StatusCode[e.grpc_code], str(e)
+            except Exception as e:
+                log.exception("%s failed", rpc)
+                code, message = grpc.StatusCode.INTERNAL, f"{rpc}: internal error: {type(e).__name__}: {e}"
+            await context.abort(code, message)
+
+        return behaviour
+
+    # --- health ---------------------------------------------------------------------------------
+    async def _server_live(self, request: Any, context: Any) -> Any:
+        return pb.ServerLiveResponse(live=self.health.live())
+
+    async def _server_ready(self, request: Any, context: Any) -> Any:
+        return pb.ServerReadyResponse(ready=self.health.ready())
+
+    async def _model_ready(self, request: Any, context: Any) -> Any:
+        if not request.name or "\x00" in request.name:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=self.health.model_ready(request.name, request.version or None))
+
+    # --- metadata -------------------------------------------------------------------------------
+    async def _server_metadata(self, request: Any, context: Any) -> Any:
+        return pb.ServerMetadataResponse(name="modelserve", version=__version__, extensions=EXTENSIONS)
+
+    async def _model_metadata(self, request: Any, context: Any) -> Any:
+        _check_model_name(request.name, "name")
+        meta = self.runtime.model_metadata(request.name, request.version or None)
+        tensors = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=meta["name"],
+            versions=meta["versions"],
+            platform=meta["platform"] or "",
+            inputs=[tensors(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in meta["inputs"]],
+            outputs=[tensors(name=t["name"], datatype=t["datatype"], shape=t["shape"]) for t in meta["outputs"]],
+        )
+
+    async def _model_config(self, request: Any, context: Any) -> Any:
+        _check_model_name(request.name, "name")
+        version = request.version or None
+        config = self.runtime.model_config(request.name, version)
+        backend = config.get("backend") or self.runtime.model_metadata(request.name, version)["platform"]
+
+        def data_type(datatype: str) -> int:
+            return pb.DataType.Value("TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}")
+
+        parameters = {
+            k: pb.ModelParameter(string_value=v if isinstance(v, str) else json.dumps(v))
+            for k, v in (config.get("parameters") or {}).items()
+        }
+        return pb.ModelConfigResponse(
+            config=pb.ModelConfig(
+                name=config["name"],
+                backend=backend or "",
+                max_batch_size=config.get("max_batch_size", 0),
+                input=[pb.ModelInput(name=t["name"], data_type=data_type(t["datatype"]), dims=t["shape"])
+                       for t in config.get("inputs", [])],
+                output=[pb.ModelOutput(name=t["name"], data_type=data_type(t["datatype"]), dims=t["shape"])
+                        for t in config.get("outputs", [])],
+                parameters=parameters,
+            )
+        )
+
+    async def _model_statistics(self, request: Any, context: Any) -> Any:
+        if "\x00" in request.name:
+            raise InvalidArgumentError(f"name {request.name!r} contains a NUL byte")
+        if request.version and not request.name:
+            raise InvalidArgumentError(f"statistics of version {request.version} need a model name")
+        stats = self.runtime.model_statistics(request.name or None, request.version or None)
+        return pb.ModelStatisticsResponse(model_stats=[_statistics(s) for s in stats])
+
+    # --- repository -----------------------------------------------------------------------------
+    async def _repository_index(self, request: Any, context: Any) -> Any:
+        _one_repository(request.repository_name)
+        index = await asyncio.to_thread(self.runtime.repository_index, request.ready)
+        entry = pb.RepositoryIndexResponse.ModelIndex
+        return pb.RepositoryIndexResponse(
+            models=[entry(name=e["name"], version=str(e.get("version") or ""), state=e.get("state") or "",
+                          reason=e.get("reason") or "") for e in index]
+        )
+
+    async def _repository_load(self, request: Any, context: Any) -> Any:
+        _check_model_name(request.model_name)
+        _one_repository(request.repository_name)
+        overrides = sorted(k for k in request.parameters if k == "config" or k.startswith("file:"))
+        if overrides:
+            raise UnimplementedError(
+                f"model '{request.model_name}': loading with {', '.join(overrides)} is not supported; "
+                f"models load from the served repository as they are on disk"
+            )
+        await asyncio.to_thread(self.runtime.load_model, request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    async def _repository_unload(self, request: Any, context: Any) -> Any:
+        _check_model_name(request.model_name)
+        _one_repository(request.repository_name)
+        # unload_dependents: no model depends on another (no ensembles), so it changes nothing.
+        await asyncio.to_thread(self.runtime.unload_model, request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    # --- not implemented ------------------------------------------------------------------------
+    @staticmethod
+    def _shm_status(response: Any) -> Callable[..., Any]:
+        async def status(request: Any, context: Any) -> Any:
+            if request.name:
+                raise NotFoundError(f"no shared memory region '{request.name}' (modelserve registers none)")
+            return response()
+
+        return status
+
+    @staticmethod
+    def _shm_unregister(response: Any) -> Callable[..., Any]:
+        async def unregister(request: Any, context: Any) -> Any:
+            return response()  # nothing is ever registered, so nothing stays registered
+
+        return unregister
+
+    @staticmethod
+    def _unimplemented(feature: str) -> Callable[..., Any]:
+        hint = {
+            "system shared memory": "; send tensors in raw_input_contents",
+            "CUDA shared memory": "; send tensors in raw_input_contents",
+        }.get(feature, "")
+
+        async def refuse(request: Any, context: Any) -> Any:
+            raise UnimplementedError(f"modelserve does not implement {feature}{hint}")
+
+        return refuse
+
+    # --- inference ------------------------------------------------------------------------------
+    async def _model_infer(self, call: _InferCall | _Refused, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            self._authorize(context, "inference", "ModelInfer")
+            self.health.check_accepting()
+            if isinstance(call, _Refused):
+                raise call.error
+            return await self._infer(call, context.time_remaining())
+        except ModelserveError as e:
+            code, message = grpc.StatusCode[e.grpc_code], str(e)
+        except Exception as e:
+            log.exception("ModelInfer failed")
+            code, message = grpc.StatusCode.INTERNAL, f"ModelInfer: internal error: {type(e).__name__}: {e}"
+        await context.abort(code, message)
+
+    async def _model_stream_infer(self, requests: Any, context: grpc.aio.ServicerContext) -> None:
+        try:
+            self._authorize(context, "inference", "ModelStreamInfer")
+        except ModelserveError as e:
+            await context.abort(grpc.StatusCode[e.grpc_code], str(e))
+        strict = (_metadata(context, "triton_grpc_error") or "").lower() == "true"
+        replies: asyncio.Queue = asyncio.Queue()
+        running: set[asyncio.Task] = set()
+        end = object()
+
+        async def answer(call: _InferCall | _Refused) -> None:
+            request_id = call.request.id if isinstance(call, _InferCall) else call.id
+            try:
+                self.health.check_accepting()
+                if isinstance(call, _Refused):
+                    raise call.error
+                replies.put_nowait(await self._infer(call, context.time_remaining(), streamed=True))
+            except ModelserveError as e:
+                replies.put_nowait((grpc.StatusCode[e.grpc_code], str(e), request_id))
+            except Exception as e:
+                log.exception("ModelStreamInfer request failed")
+                replies.put_nowait((grpc.StatusCode.INTERNAL, f"ModelStreamInfer: internal error: {type(e).__name__}: {e}", request_id))
+
+        async def read() -> None:
+            try:
+                async for call in requests:
+                    task = asyncio.create_task(answer(call))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                if running:
+                    await asyncio.gather(*list(running), return_exceptions=True)
+            except Exception as e:  # the client went away mid-stream; nothing is left to answer
+                log.debug("ModelStreamInfer: reading the stream failed: %s", e)
+            finally:
+                replies.put_nowait(end)
+
+        reader = asyncio.create_task(read())
+        failure = None
+        try:
+            while (item := await replies.get()) is not end:
+                if isinstance(item, _InferReply):
+                    await context.write(item)
+                    continue
+                code, message, request_id = item
+                if strict:  # the first error ends the stream with its status
+                    failure = (code, message)
+                    break
+                note = f" (request id '{request_id}')" if request_id else ""
+                await context.write(pb.ModelStreamInferResponse(error_message=message + note))
+        finally:
+            reader.cancel()
+            for task in list(running):
+                task.cancel()
+        if failure is not None:
+            await context.abort(*failure)
+
+    async def _infer(self, call: _InferCall, time_remaining: float | None, streamed: bool = False) -> _InferReply:
+        request = call.request
+        model = request.model_name
+        _check_model_name(model)
+        version = self.runtime.repository.get(model).resolve(request.model_version or None)
+        where = _where(model, version)
+        options = self._request_options(request, where, time_remaining)
+        inputs = self._decode_inputs(request, call.raw, where)
+        outputs = self._requested_outputs(request, where)
+        results = await self.runtime.infer_async(
+            model, inputs, version=version, outputs=outputs or None, as_numpy=False, **options
+        )
+        return self._encode(request, model, version, results, outputs, streamed)
+
+    def _request_options(self, request: Any, where: str, time_remaining: float | None) -> dict[str, int]:
+        parameters = {k: _parameter_value(p) for k, p in request.parameters.items()}
+        for key in parameters:
+            if key.startswith("triton_") and key not in KNOWN_PARAMETERS:
+                raise InvalidArgumentError(f"{where}: unknown reserved parameter '{key}' (the triton_ prefix is reserved)")
+        options = request_options(parameters, where)
+        if options.get("priority", 0) > MAX_PRIORITY:
+            raise InvalidArgumentError(f"{where}: parameter 'priority' is {options['priority']}, more than {MAX_PRIORITY}")
+        timeout_us = options.get("timeout_us", 0)
+        if time_remaining is not None:
+            deadline_us = max(1, int(time_remaining * 1e6))
+            timeout_us = min(timeout_us, deadline_us) if timeout_us else deadline_us
+        if timeout_us:
+            options["timeout_us"] = min(timeout_us, MAX_TIMEOUT_US)
+        return options
+
+    def _decode_inputs(self, request: Any, raw: Sequence[memoryview], where: str) -> dict[str, Tensor]:
+        declared = request.inputs
+        if raw:
+            typed = [i.name for i in declared if i.HasField("contents")]
+            if typed:
+                raise InvalidArgumentError(
+                    f"{where}: input '{typed[0]}' sets contents, and the request also carries raw_input_contents; "
+                    f"send every input's data in raw_input_contents or every input's in contents, not both"
+                )
+            if len(raw) != len(declared):
+                raise InvalidArgumentError(
+                    f"{where}: the request has {len(raw)} raw_input_contents entries for {len(declared)} inputs; "
+                    f"expected one entry per input, in the order of inputs"
+                )
+        tensors: dict[str, Tensor] = {}
+        for k, tensor in enumerate(declared):
+            name = tensor.name
+            if name in tensors:
+                raise InvalidArgumentError(f"{where}: input '{name}' appears more than once")
+            if "shared_memory_region" in tensor.parameters:
+                raise UnimplementedError(f"{where}: input '{name}' names a shared memory region; modelserve "
+                                         f"does not implement shared memory, send the data in raw_input_contents")
+            try:
+                if raw:
+                    tensors[name] = tensor_from_raw(name, tensor.datatype, tensor.shape, raw[k])
+                elif tensor.HasField("contents"):
+                    tensors[name] = _typed_tensor(tensor)
+                else:
+                    raise InvalidArgumentError(
+                        f"input '{name}': no data; the request has neither raw_input_contents nor contents for it"
+                    )
+            except InvalidArgumentError as e:
+                raise InvalidArgumentError(f"{where}: {e}") from None
+        return tensors
+
+    def _requested_outputs(self, request: Any, where: str) -> list[str]:
+        names: list[str] = []
+        for output in request.outputs:
+            if output.name in names:
+                raise InvalidArgumentError(f"{where}: output '{output.name}' is requested more than once")
+            if "shared_memory_region" in output.parameters:
+                raise UnimplementedError(f"{where}: output '{output.name}' names a shared memory region; "
+                                         f"modelserve does not implement shared memory")
+            classification = output.parameters.get("classification")
+            if classification is not None and _parameter_value(classification):
+                raise UnimplementedError(f"{where}: output '{output.name}' asks for classification, "
+                                         f"which modelserve does not implement")
+            names.append(output.name)
+        return names
+
+    def _encode(
+        self, request: Any, model: str, version: int, results: dict[str, Tensor], requested: list[str], streamed: bool
+    ) -> _InferReply:
+        response = pb.ModelInferResponse(model_name=model, model_version=str(version), id=request.id)
+        if streamed:  # one response per request: each is its request's last
+            response.parameters["triton_final_response"].bool_param = True
+        raw = []
+        for name in requested or list(results):
+            tensor = results[name]
+            response.outputs.add(name=name, datatype=tensor.datatype, shape=tensor.shape)
+            raw.append(_output_buffer(name, tensor))
+        reply = _InferReply(response, raw)
+        limit = self.options.max_message_bytes
+        if reply.size > limit:
+            raise ResourceExhaustedError(
+                f"the response of {_where(model, version)} is {reply.size} bytes, more than the server's send "
+                f"limit of {limit} bytes; start the server with a larger --max-message-bytes, or ask for fewer "
+                f"outputs or a smaller batch"
+            )
+        return reply
+
+
+# --- encoding ---------------------------------------------------------------------------------
+
+
+def _serialize(message: Any) -> bytes:
+    if isinstance(message, _InferReply):
+        return b"".join(message.parts())
+    return message.SerializeToString()
+
+
+def _serialize_stream(message: Any) -> bytes:
+    """ModelStreamInferResponse: field 2 (``infer_response``) holds the reply's bytes."""
+    if isinstance(message, _InferReply):
+        parts = message.parts()
+        return b"".join([b"\x12", _varint(sum(len(p) for p in parts)), *parts])
+    return message.SerializeToString()
+
+
+def _typed_tensor(tensor: Any) -> Tensor:
+    name, datatype = tensor.name, tensor.datatype
+    field = TYPED_FIELD.get(datatype)
+    if datatype in ("FP16", "BF16"):
+        raise InvalidArgumentError(f"input '{name}': datatype {datatype} has no typed contents field; send it in raw_input_contents")
+    contents = tensor.contents
+    others = [f.name for f, _ in contents.ListFields() if f.name != field]
+    if others:
+        expected = f"in {field}" if field else "nowhere (unknown datatype)"
+        raise InvalidArgumentError(
+            f"input '{name}': datatype {datatype} carries its values {expected}, but contents sets {', '.join(others)}"
+        )
+    values = list(getattr(contents, field)) if field else []
+    return tensor_from_values(name, datatype, tensor.shape, values)
+
+
+def _statistics(s: dict[str, Any]) -> Any:
+    def duration(count: int, ns: int = 0) -> Any:
+        return pb.StatisticDuration(count=max(0, int(count)), ns=max(0, int(ns)))
+
+    success = int(s.get("success_count", 0))
+    request_hist = s.get("request_hist") or {}
+    queue_hist = s.get("queue_hist") or {}
+    return pb.ModelStatistics(
+        name=s["name"],
+        version=str(s["version"]),
+        inference_count=int(s.get("inference_count", 0)),
+        execution_count=int(s.get("execution_count", 0)),
+        inference_stats=pb.InferStatistics(
+            success=duration(success, request_hist.get("sum_ns", 0)),
+            fail=duration(s.get("failure_count", 0)),
+            queue=duration(queue_hist.get("count", success), s.get("queue_ns", 0)),
+            compute_input=duration(success, s.get("compute_input_ns", 0)),
+            compute_infer=duration(success, s.get("compute_infer_ns", 0)),
+            compute_output=duration(success, s.get("compute_output_ns", 0)),
+        ),
+        batch_stats=[
+            pb.InferBatchStatistics(
+                batch_size=int(size),
+                compute_input=duration(b.get("count", 0), b.get("compute_input_ns", 0)),
+                compute_infer=duration(b.get("count", 0), b.get("compute_infer_ns", 0)),
+                compute_output=duration(b.get("count", 0), b.get("compute_output_ns", 0)),
+            )
+            for size, b in sorted((s.get("batch_stats") or {}).items(), key=lambda kv: int(kv[0]))
+        ],
+    )
+
+
+def _one_repository(name: str) -> None:
+    if name:
+        raise UnimplementedError(
+            f"repository_name '{name}': modelserve serves one repository; leave repository_name empty"
+        )
+
+
+def _read_pem(path: Path | str, option: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise InvalidArgumentError(f"{option}: cannot read {path}: {e.strerror}") from None
+
+
+# --- grpc.health.v1 ---------------------------------------------------------------------------
+
+
+class _HealthServicer(health_pb2_grpc.HealthServicer):
+    """``grpc.health.v1.Health`` answered from :class:`Health` (module docstring, "Health")."""
+
+    SERVICES = ("", SERVICE)
+    WATCH_INTERVAL_S = 1.0
+
+    def __init__(self, health: Health) -> None:
+        self.health = health
+
+    def _status(self, service: str) -> int:
+        if service not in self.SERVICES:
+            return health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+        return health_pb2.HealthCheckResponse.SERVING if self.health.ready() else health_pb2.HealthCheckResponse.NOT_SERVING
+
+    async def Check(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        status = self._status(request.service)
+        if status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service '{request.service}'; known: {list(self.SERVICES)}")
+        return health_pb2.HealthCheckResponse(status=status)
+
+    async def Watch(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        last = None
+        while True:
+            status = self._status(request.service)
+            if status != last:
+                await context.write(health_pb2.HealthCheckResponse(status=status))
+                last = status
+            await asyncio.sleep(self.WATCH_INTERVAL_S)
