@@ -22,6 +22,7 @@ enum class StatusCode : int {
   kInternal = 6,          // the backend raised, invariant broken    -> 500
   kCancelled = 7,         // the client cancelled a queued request   -> 499
   kPermissionDenied = 8,  // a management call without its token     -> 403
+  kUnimplemented = 9,     // a protocol feature modelserve lacks       -> 501
 };
 
 const char* status_code_name(StatusCode code);

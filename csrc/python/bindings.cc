@@ -163,7 +163,7 @@ PYBIND11_MODULE(_core, m) {
 
   // --- status codes and datatypes ---
   py::dict codes;
-  for (int c = 0; c <= static_cast<int>(StatusCode::kPermissionDenied); ++c) {
+  for (int c = 0; c <= static_cast<int>(StatusCode::kUnimplemented); ++c) {
     codes[py::str(status_code_name(static_cast<StatusCode>(c)))] = c;
   }
   m.attr("STATUS_CODES") = codes;

@@ -100,7 +100,11 @@ void DynamicBatcher::enqueue(RequestPtr& request) {
     r.level = level - 1;
     r.enqueue_time = Clock::now();
     const int64_t timeout_us = r.timeout_us > 0 ? r.timeout_us : config_.default_timeout_us;
-    r.deadline = timeout_us > 0 ? r.enqueue_time + std::chrono::microseconds(timeout_us) : Clock::time_point::max();
+    // A timeout past the clock's range is no timeout (2^62 us would overflow the nanosecond clock).
+    const int64_t room_us =
+        std::chrono::duration_cast<std::chrono::microseconds>(Clock::time_point::max() - r.enqueue_time).count();
+    r.deadline = timeout_us > 0 && timeout_us < room_us ? r.enqueue_time + std::chrono::microseconds(timeout_us)
+                                                        : Clock::time_point::max();
     next_deadline_ = std::min(next_deadline_, r.deadline);
     queued_ += 1;
     queued_bytes_ += r.byte_size;

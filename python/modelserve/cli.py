@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from collections.abc import Sequence
 
 __all__ = ["main"]
@@ -22,6 +23,51 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_token(path: str | None, flag: str) -> str | None:
+    if path is None:
+        return None
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as e:
+        raise SystemExit(f"modelserve: {flag} {path}: {e.strerror}") from None
+    if not token:
+        raise SystemExit(f"modelserve: {flag} {path} is empty")
+    return token
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server.app import Server, configure_logging
+    from .server.common import ServerOptions
+
+    configure_logging(args.log_format, args.log_level)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise SystemExit("modelserve: --tls-cert and --tls-key go together")
+    if args.tls_client_ca and not args.tls_cert:
+        raise SystemExit("modelserve: --tls-client-ca needs --tls-cert and --tls-key")
+    options = ServerOptions(
+        host=args.host,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        max_message_bytes=args.max_message_bytes,
+        tls_cert=Path(args.tls_cert) if args.tls_cert else None,
+        tls_key=Path(args.tls_key) if args.tls_key else None,
+        tls_client_ca=Path(args.tls_client_ca) if args.tls_client_ca else None,
+        admin_token=_read_token(args.admin_token_file, "--admin-token-file"),
+        inference_token=_read_token(args.inference_token_file, "--inference-token-file"),
+        required_models=args.require_model,
+        shutdown_grace_s=args.shutdown_grace,
+        drain_timeout_s=args.drain_timeout,
+    )
+    server = Server(
+        args.model_repository,
+        options,
+        model_control_mode=args.model_control_mode,
+        poll_interval=args.poll_interval,
+        load_models=args.load_model,
+    )
+    return server.run()
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ._version import __version__
 
@@ -31,6 +77,36 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check every config of a model repository offline; exit 1 listing the errors")
     v.add_argument("path", help="the model repository folder")
     v.set_defaults(run=_validate)
+
+    s = sub.add_parser("serve", help="serve a model repository over gRPC and HTTP (Open Inference Protocol)")
+    s.add_argument("--model-repository", required=True, metavar="PATH", help="the model repository folder")
+    s.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default 8001; 0 = any free port)")
+    s.add_argument("--http-port", type=int, default=8000, help="HTTP port, also serving /metrics (default 8000; 0 = any)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
+    s.add_argument("--model-control-mode", choices=["none", "poll", "explicit"], default="none")
+    s.add_argument("--poll-interval", type=float, default=5.0, metavar="SECONDS", help="rescan period in poll mode")
+    s.add_argument("--load-model", action="append", default=[], metavar="NAME", help="in explicit mode, load at start")
+    s.add_argument("--require-model", action="append", default=[], metavar="NAME",
+                   help="ready only when these models are READY (default: every loaded model)")
+    s.add_argument("--log-format", choices=["text", "json"], default="text")
+    s.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    s.add_argument("--max-message-bytes", type=int, default=64 * 1024 * 1024,
+                   help="largest gRPC message / HTTP body, both directions (default 64 MiB)")
+    s.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain: serve gRPC and HTTP over TLS")
+    s.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    s.add_argument("--tls-client-ca", metavar="FILE", help="PEM CA bundle: require client certificates (mutual TLS)")
+    s.add_argument("--admin-token-file", metavar="FILE",
+                   help="bearer token required by management calls (repository load/unload)")
+    s.add_argument("--inference-token-file", metavar="FILE", help="bearer token required by inference and metadata")
+    s.add_argument("--shutdown-grace", type=float, default=5.0, metavar="SECONDS",
+                   help="after SIGTERM: not ready at once; new requests refused after this long")
+    s.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="then in-flight requests get this long to finish")
+    s.set_defaults(run=_serve)
+
+    from .perf import add_parser as add_perf_parser
+
+    add_perf_parser(sub)
     return parser
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "InternalError",
     "CancelledError",
     "PermissionDeniedError",
+    "UnimplementedError",
     "from_status",
 ]
 
@@ -64,6 +65,12 @@ class PermissionDeniedError(ModelserveError):
     code, status, grpc_code, http_status = 8, "PERMISSION_DENIED", "PERMISSION_DENIED", 403
 
 
+class UnimplementedError(ModelserveError):
+    """A protocol feature modelserve does not implement (shared memory, trace settings, ...)."""
+
+    code, status, grpc_code, http_status = 9, "UNIMPLEMENTED", "UNIMPLEMENTED", 501
+
+
 class CancelledError(ModelserveError):
     # 499 is the de-facto "client closed request" status (nginx); no response reaches that client.
     code, status, grpc_code, http_status = 7, "CANCELLED", "CANCELLED", 499
@@ -80,6 +87,7 @@ _BY_CODE: dict[int, type[ModelserveError]] = {
         InternalError,
         CancelledError,
         PermissionDeniedError,
+        UnimplementedError,
     )
 }
 

@@ -43,12 +43,22 @@ class Runtime:
         model_control_mode: ControlMode = "none",
         poll_interval: float = 5.0,
         load_models: Iterable[str] = (),
+        start: bool = True,
     ) -> None:
         self.repository = ModelRepository(
             repository, control_mode=model_control_mode, poll_interval=poll_interval, load_models=list(load_models)
         )
         self._closed = False
-        self.repository.start()
+        self._started = False
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        """Loads the models (what the constructor does unless given ``start=False``: the server
+        starts its frontends first, so it is live while the models load)."""
+        if not self._started:
+            self._started = True
+            self.repository.start()
 
     # --- inference ------------------------------------------------------------------------------
     def infer(
@@ -99,13 +109,18 @@ class Runtime:
             request = mv.engine.submit_async(inputs, outputs=outputs, priority=priority, timeout_us=timeout_us)
         return await request.outputs(as_numpy=as_numpy)
 
+    def resolve_version(self, model: str, version: Version = None) -> int:
+        """The version number a request for ``version`` goes to now (a label or None resolved).
+        Frontends pass the number on, so the response names the version that ran."""
+        return self.repository.get(model).resolve(version)
+
     # --- health and metadata ----------------------------------------------------------------
     def live(self) -> bool:
         return not self._closed
 
     def ready(self) -> bool:
         """True when every model the repository should serve has a READY default version."""
-        return not self._closed and self.repository.ready()
+        return self._started and not self._closed and self.repository.ready()
 
     def model_ready(self, model: str, version: Version = None) -> bool:
         try:

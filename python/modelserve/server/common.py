@@ -16,6 +16,9 @@ from ..errors import InvalidArgumentError, PermissionDeniedError
 from ..tensor import DATATYPES, Tensor
 
 __all__ = [
+    "EXTENSIONS",
+    "MAX_PRIORITY",
+    "MAX_TIMEOUT_US",
     "NUMPY_DTYPES",
     "MAX_ELEMENTS",
     "ServerOptions",
@@ -35,6 +38,23 @@ NUMPY_DTYPES: dict[str, np.dtype] = {
     "FP16": np.dtype(np.float16), "BF16": np.dtype(np.uint16), "FP32": np.dtype(np.float32),
     "FP64": np.dtype(np.float64), "BYTES": np.dtype(object),
 }
+
+#: The Triton extensions both frontends implement (server metadata lists them).
+EXTENSIONS = [
+    "binary_tensor_data",
+    "model_configuration",
+    "model_repository",
+    "parameters",
+    "schedule_policy",
+    "statistics",
+]
+
+#: The core's priority is 32 bits. Queue timeouts beyond 2^40 us (12.7 days) mean "none" in
+#: practice and are capped there.
+MAX_PRIORITY = 2**32 - 1
+MAX_TIMEOUT_US = 1 << 40
+#: Reserved-prefix parameters that are understood (and ignored) rather than refused.
+KNOWN_RESERVED_PARAMETERS = frozenset({"triton_enable_empty_final_response"})
 
 #: A request tensor may not claim more elements than this (2^32): absurd shapes are refused before
 #: anything is allocated for them.
@@ -56,6 +76,7 @@ class ServerOptions:
     inference_token: str | None = None  # set: inference and metadata need it too
     required_models: list[str] = field(default_factory=list)  # ready = these READY; [] = all loaded
     shutdown_grace_s: float = 5.0  # after SIGTERM: not ready at once, new requests refused after this
+    drain_timeout_s: float = 30.0  # then in-flight and queued requests get this long to finish
 
 
 def check_shape(name: str, shape: Sequence[int]) -> list[int]:
@@ -121,8 +142,18 @@ def tensor_values(tensor: Tensor) -> list[Any]:
     return array.ravel().tolist()
 
 
-def request_options(parameters: Mapping[str, Any], name: str = "request") -> dict[str, int]:
-    """``priority`` and ``timeout`` (microseconds) from the request parameters, as Runtime kwargs."""
+def request_options(
+    parameters: Mapping[str, Any], name: str = "request", deadline_us: int | None = None
+) -> dict[str, int]:
+    """``priority`` and ``timeout`` (microseconds) from the request parameters, as Runtime kwargs.
+
+    A transport deadline (the gRPC call's remaining time) also bounds the queue timeout: the
+    smaller one wins, so a request whose caller has given up expires in the queue. Keys with the
+    reserved ``triton_`` prefix that mean nothing here are refused, as Triton does; sequence
+    parameters are accepted and ignored (no model is a sequence model)."""
+    for key in parameters:
+        if key.startswith("triton_") and key not in KNOWN_RESERVED_PARAMETERS:
+            raise InvalidArgumentError(f"{name}: unknown reserved parameter '{key}' (the triton_ prefix is reserved)")
     out = {}
     for key, kwarg in (("priority", "priority"), ("timeout", "timeout_us")):
         if key in parameters and parameters[key] is not None:
@@ -130,6 +161,14 @@ def request_options(parameters: Mapping[str, Any], name: str = "request") -> dic
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
                 raise InvalidArgumentError(f"{name}: parameter '{key}' must be a non-negative integer, got {value!r}")
             out[kwarg] = int(value)
+    if out.get("priority", 0) > MAX_PRIORITY:
+        raise InvalidArgumentError(f"{name}: parameter 'priority' is {out['priority']}, more than {MAX_PRIORITY}")
+    timeout_us = out.get("timeout_us", 0)
+    if deadline_us is not None:
+        deadline_us = max(1, deadline_us)
+        timeout_us = min(timeout_us, deadline_us) if timeout_us else deadline_us
+    if timeout_us:
+        out["timeout_us"] = min(timeout_us, MAX_TIMEOUT_US)
     return out
 
 

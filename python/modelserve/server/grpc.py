@@ -100,35 +100,21 @@ from ..errors import (
     ModelserveError,
     NotFoundError,
     ResourceExhaustedError,
+    UnimplementedError,
 )
 from ..runtime import Runtime
 from ..tensor import Tensor
-from .common import ServerOptions, check_token, request_options, tensor_from_raw, tensor_from_values
+from .common import EXTENSIONS, ServerOptions, check_token, request_options, tensor_from_raw, tensor_from_values
 from .health import Health
 
-__all__ = ["GrpcFrontend", "SERVICE", "EXTENSIONS"]
+__all__ = ["GrpcFrontend", "SERVICE"]
 
 log = logging.getLogger("modelserve.server.grpc")
 
 SERVICE = "inference.GRPCInferenceService"
 
-#: Protocol extensions modelserve implements (ServerMetadata.extensions); binary_tensor_data is the
-#: HTTP frontend's.
-EXTENSIONS = [
-    "binary_tensor_data",
-    "model_configuration",
-    "model_repository",
-    "parameters",
-    "schedule_policy",
-    "statistics",
-]
-
 #: protobuf's ceiling on a message, and what tritonclient and Triton configure.
 GRPC_MAX = 2**31 - 1
-#: Longer queue timeouts are "no timeout" in practice; capping them keeps the core's deadline
-#: arithmetic (nanoseconds in an int64) far from overflow.
-MAX_TIMEOUT_US = 1 << 40
-MAX_PRIORITY = 2**32 - 1
 
 #: The typed-contents field of each datatype (spec 1.5); FP16 and BF16 travel raw only.
 TYPED_FIELD = {
@@ -140,17 +126,6 @@ TYPED_FIELD = {
     "FP32": "fp32_contents", "FP64": "fp64_contents",
     "BYTES": "bytes_contents",
 }
-
-#: Request parameters with a meaning here; any other key without the reserved prefix is the
-#: client's own and is accepted.
-KNOWN_PARAMETERS = {"priority", "timeout", "sequence_id", "sequence_start", "sequence_end",
-                    "triton_enable_empty_final_response"}
-
-class UnimplementedError(ModelserveError):
-    """A protocol feature modelserve does not implement (gRPC UNIMPLEMENTED, HTTP 501)."""
-
-    status, grpc_code, http_status = "UNIMPLEMENTED", "UNIMPLEMENTED", 501
-
 
 # --- wire helpers -----------------------------------------------------------------------------
 
@@ -668,7 +643,7 @@ class GrpcFrontend:
         request = call.request
         model = request.model_name
         _check_model_name(model)
-        version = self.runtime.repository.get(model).resolve(request.model_version or None)
+        version = self.runtime.resolve_version(model, request.model_version or None)
         where = _where(model, version)
         options = self._request_options(request, where, time_remaining)
         inputs = self._decode_inputs(request, call.raw, where)
@@ -680,19 +655,8 @@ class GrpcFrontend:
 
     def _request_options(self, request: Any, where: str, time_remaining: float | None) -> dict[str, int]:
         parameters = {k: _parameter_value(p) for k, p in request.parameters.items()}
-        for key in parameters:
-            if key.startswith("triton_") and key not in KNOWN_PARAMETERS:
-                raise InvalidArgumentError(f"{where}: unknown reserved parameter '{key}' (the triton_ prefix is reserved)")
-        options = request_options(parameters, where)
-        if options.get("priority", 0) > MAX_PRIORITY:
-            raise InvalidArgumentError(f"{where}: parameter 'priority' is {options['priority']}, more than {MAX_PRIORITY}")
-        timeout_us = options.get("timeout_us", 0)
-        if time_remaining is not None:
-            deadline_us = max(1, int(time_remaining * 1e6))
-            timeout_us = min(timeout_us, deadline_us) if timeout_us else deadline_us
-        if timeout_us:
-            options["timeout_us"] = min(timeout_us, MAX_TIMEOUT_US)
-        return options
+        deadline_us = int(time_remaining * 1e6) if time_remaining is not None else None
+        return request_options(parameters, where, deadline_us)
 
     def _decode_inputs(self, request: Any, raw: Sequence[memoryview], where: str) -> dict[str, Tensor]:
         declared = request.inputs

@@ -1,22 +1,137 @@
-"""Prometheus metrics at GET /metrics, names prefixed ``modelserve_``.
+"""Prometheus metrics at ``GET /metrics``, every name prefixed ``modelserve_``.
 
-Everything is read at scrape time from counters the native core keeps anyway (Note [Metrics at
-scrape time]): a request costs nothing extra for being measured.
+Note [Metrics at scrape time]
+~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+Nothing is recorded on the request path for metrics' sake: the native core already counts
+requests by outcome, sums and buckets queue, compute and end-to-end times (fixed-bound histograms
+updated under the statistics lock it takes for every batch anyway), counts batch sizes, and keeps
+the queued and in-flight gauges current at enqueue and dequeue. A custom collector reads those at
+scrape time, with the version states and load durations of the repository and the memory pools'
+statistics. So measuring costs a scrape, not a per-request lock or allocation.
+
+======================================================  =========  =================================
+metric                                                  type       labels
+======================================================  =========  =================================
+modelserve_requests_total                               counter    model, version, outcome
+modelserve_request_duration_seconds                     histogram  model, version (enqueue to done)
+modelserve_queue_duration_seconds                       histogram  model, version
+modelserve_compute_duration_seconds                     histogram  model, version (the request's batch)
+modelserve_batch_size                                   histogram  model, version (rows per batch)
+modelserve_queued_requests                              gauge      model, version
+modelserve_inflight_requests                            gauge      model, version
+modelserve_instances                                    gauge      model, version
+modelserve_model_state                                  gauge      model, version, state (1 = current)
+modelserve_model_load_duration_seconds                  gauge      model, version, phase (load, warmup)
+modelserve_memory_pool_bytes                            gauge      pool, kind (in_use, held, peak)
+modelserve_memory_pool_hit_ratio                        gauge      pool
+======================================================  =========  =================================
+
+``outcome`` is ``success`` or the failure's status in lower case (``invalid_argument``,
+``resource_exhausted``, ``deadline_exceeded``, ``internal``, ``cancelled``, ``unavailable``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .. import memory
+from ..repository import VersionState
 
 __all__ = ["Metrics"]
 
+_BATCH_BOUNDS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+def _histogram(family: HistogramMetricFamily, labels: list[str], hist: dict) -> None:
+    buckets, running = [], 0
+    for bound, count in zip(hist["bounds_ns"], hist["counts"]):
+        running += count
+        buckets.append((repr(bound / 1e9), running))
+    buckets.append(("+Inf", hist["count"]))
+    family.add_metric(labels, buckets, hist["sum_ns"] / 1e9)
+
+
+class _RuntimeCollector(Collector):
+    def __init__(self, runtime) -> None:
+        self.runtime = runtime
+
+    def collect(self) -> Iterator[Metric]:
+        mv = ["model", "version"]
+        requests = CounterMetricFamily("modelserve_requests", "Requests by model, version and outcome", labels=mv + ["outcome"])
+        durations = {
+            key: HistogramMetricFamily(f"modelserve_{name}_duration_seconds", text, labels=mv)
+            for key, name, text in (
+                ("request_hist", "request", "Time from enqueue to completion"),
+                ("queue_hist", "queue", "Time requests waited in the queue"),
+                ("compute_hist", "compute", "Compute time (input, infer, output) of the request's batch"),
+            )
+        }
+        batch = HistogramMetricFamily("modelserve_batch_size", "Rows per executed batch", labels=mv)
+        queued = GaugeMetricFamily("modelserve_queued_requests", "Requests waiting in the queue", labels=mv)
+        inflight = GaugeMetricFamily("modelserve_inflight_requests", "Requests running on an instance", labels=mv)
+        instances = GaugeMetricFamily("modelserve_instances", "Model instances", labels=mv)
+        for s in self.runtime.model_statistics():
+            labels = [s["name"], s["version"]]
+            requests.add_metric(labels + ["success"], s["success_count"])
+            for code, n in s["failures"].items():
+                requests.add_metric(labels + [code.lower()], n)
+            for key, family in durations.items():
+                _histogram(family, labels, s[key])
+            running, buckets = 0, []
+            sizes = sorted(s["batch_stats"].items())
+            for bound in _BATCH_BOUNDS:
+                running = sum(b["count"] for size, b in sizes if size <= bound)
+                buckets.append((str(bound), running))
+            buckets.append(("+Inf", s["execution_count"]))
+            batch.add_metric(labels, buckets, s["inference_count"])
+            queued.add_metric(labels, s["queued"])
+            inflight.add_metric(labels, s["in_flight"])
+            instances.add_metric(labels, s["instances"])
+        yield requests
+        yield from durations.values()
+        yield from (batch, queued, inflight, instances)
+
+        state = GaugeMetricFamily("modelserve_model_state", "1 for each version's current state", labels=mv + ["state"])
+        load = GaugeMetricFamily(
+            "modelserve_model_load_duration_seconds", "Time each load phase of a version took", labels=mv + ["phase"]
+        )
+        for name in sorted(self.runtime.repository.models):
+            try:
+                info = self.runtime.model_versions(name)
+            except Exception:  # unloaded between listing and reading
+                continue
+            for version, v in info["versions"].items():
+                labels = [name, str(version)]
+                for s in VersionState:
+                    state.add_metric(labels + [s.value], 1.0 if v["state"] == s.value else 0.0)
+                for phase in ("load", "warmup"):
+                    if f"{phase}_s" in v["phases"]:
+                        load.add_metric(labels + [phase], v["phases"][f"{phase}_s"])
+        yield state
+        yield load
+
+        pool_bytes = GaugeMetricFamily("modelserve_memory_pool_bytes", "Memory pool bytes", labels=["pool", "kind"])
+        hit = GaugeMetricFamily("modelserve_memory_pool_hit_ratio", "Allocations served from the pool", labels=["pool"])
+        for pool, st in memory.pool_stats().items():
+            pool_bytes.add_metric([pool, "in_use"], st["bytes_in_use"])
+            pool_bytes.add_metric([pool, "held"], st["bytes_held"])
+            pool_bytes.add_metric([pool, "peak"], st["peak_bytes_in_use"])
+            hit.add_metric([pool], st["hit_rate"])
+        yield pool_bytes
+        yield hit
+
 
 class Metrics:
-    """The registry the HTTP frontend serves; ``render()`` gives the exposition and its type."""
+    """The registry the HTTP frontend serves at /metrics; ``render()`` gives the exposition."""
 
     def __init__(self, runtime) -> None:
         self.runtime = runtime
         self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_RuntimeCollector(runtime))
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,887 @@
+"""The HTTP/REST frontend: the Open Inference Protocol's ``/v2`` routes, with the Triton extensions
+that ``tritonclient.http`` uses, as an ASGI app (Starlette) served by uvicorn in the server's event
+loop. Handlers only translate: decode, call :class:`modelserve.Runtime`, encode.
+
+Routes (``{v}`` is a version number or a label; ``/versions/{v}`` may be left out everywhere)::
+
+    GET  /v2/health/live | /v2/health/ready            200 = yes, 400 = no; empty body
+    GET  /v2/models/{m}[/versions/{v}]/ready           200 = ready, 400 = not (unknown models too)
+    GET  /v2                                           server metadata
+    GET  /v2/models/{m}[/versions/{v}]                 model metadata
+    GET  /v2/models/{m}[/versions/{v}]/config          model configuration (Triton's JSON form)
+    GET  /v2/models/stats | /v2/models/{m}[/versions/{v}]/stats     statistics
+    POST /v2/models/{m}[/versions/{v}]/infer           inference: JSON or binary tensor data
+    POST /v2/repository/index                          repository index ({"ready": true} optional)
+    POST /v2/repository/models/{m}/load | unload       model control (admin token)
+    GET  /metrics                                      Prometheus exposition (404 without metrics)
+
+Not implemented, as over gRPC: shared memory status lists no regions and unregistering succeeds
+(nothing is ever registered); registering, trace and log settings, classification outputs and
+shared-memory tensors answer 501. Every error is JSON ``{"error": "..."}`` with the status of
+modelserve's one error table (unknown routes 404, wrong methods 405, bodies over
+``--max-message-bytes`` 413, responses over it 400).
+
+Authorisation (``Authorization: Bearer <token>``, 403 otherwise): with ``inference_token`` set,
+every route but health and ``/metrics`` needs it; load/unload need ``admin_token`` when it is set,
+else the inference token when that is set (management is never easier to reach than inference).
+
+Note [Binary tensor data]: a request body is the JSON header (``Inference-Header-Content-Length``
+bytes, or all of it without that header) followed by the blobs of the inputs that carry
+``parameters.binary_data_size``, in input order. Inputs are ``tensor_from_raw`` views of the body
+as uvicorn hands it over (joined once when it came in several chunks): nothing is copied between
+there and the batch gather. Binary outputs go to uvicorn as memoryviews of the output tensors,
+which its h11 protocol copies once into the socket write. The blobs must add up to exactly the
+tail of the body; anything else is a 400 naming the input. ``Inference-Header-Content-Length: 0`` is
+Triton's raw binary request (the whole body is the one input of a one-input model, batch 1; every
+output comes back binary). No Content-Type is required or checked. Requests may be gzip/deflate
+compressed (``Content-Encoding``); responses are never compressed.
+
+Note [Client disconnects]: uvicorn does not cancel a handler when its client goes away; it answers
+the app's next ``receive()`` with ``http.disconnect``. Once an inference request's body is read,
+its handler awaits the inference and ``receive()`` side by side, and cancels the inference if the
+disconnect comes first: Runtime.infer_async then takes the request out of its queue (one already
+executing finishes, and its outputs are dropped). Nothing polls. uvicorn cancels handlers only
+in stop(), once the grace period is over: those requests are cancelled the same way and their
+clients get a 503.
+
+Versions: a number, a label or nothing (the default) is resolved to a number before the request
+is queued; that number runs and is the response's ``model_version``. A version that is neither a
+number nor a label is 404 ("no version or label"), not Triton's 400: labels make any string a
+possible version. The spec defines no HTTP deadline header: the request parameter ``timeout``
+(microseconds) is the queue timeout and ``priority`` is passed on, as over gRPC. Sequence
+parameters are accepted and ignored (no model is a sequence model); other ``triton_*`` parameters
+are 400.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import socket
+import ssl
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.routing import Route
+
+from .._version import __version__
+from ..errors import InternalError, InvalidArgumentError, ModelserveError, NotFoundError, UnimplementedError
+from ..tensor import Tensor
+from .common import (
+    EXTENSIONS,
+    NUMPY_DTYPES,
+    ServerOptions,
+    check_token,
+    request_options,
+    tensor_from_raw,
+    tensor_from_values,
+    tensor_values,
+)
+from .health import Health
+
+__all__ = ["create_app", "HttpFrontend"]
+
+log = logging.getLogger("modelserve.server.http")
+
+_HEADER_LENGTH = "inference-header-content-length"
+_JSON = "application/json"
+_BINARY = "application/octet-stream"
+
+
+class _HttpError(ModelserveError):
+    """A refusal with an HTTP status of its own, outside the shared error table (413, 415)."""
+
+    def __init__(self, http_status: int, message: str) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+
+
+# --- responses ----------------------------------------------------------------------------------
+
+
+class _Reply:
+    """An ASGI response whose body is a list of parts (bytes or flat byte memoryviews), sent one
+    after the other so that output tensors go out without being joined first."""
+
+    __slots__ = ("status", "parts", "headers")
+
+    def __init__(self, status: int, parts: Sequence[Any] = (), content_type: str | None = None,
+                 headers: Mapping[str, str] | None = None) -> None:
+        self.status = status
+        self.parts = parts
+        self.headers = [(b"content-length", str(sum(len(p) for p in parts)).encode())]
+        if content_type:
+            self.headers.append((b"content-type", content_type.encode()))
+        for key, value in (headers or {}).items():
+            self.headers.append((key.lower().encode(), str(value).encode("latin-1")))
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
+        last = len(self.parts) - 1
+        if last < 0:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        for i, part in enumerate(self.parts):
+            await send({"type": "http.response.body", "body": part, "more_body": i < last})
+
+
+def _json_reply(value: Any, status: int = 200) -> _Reply:
+    return _Reply(status, [json.dumps(value, separators=(",", ":")).encode()], _JSON)
+
+
+def _error_reply(status: int, message: str, headers: Mapping[str, str] | None = None) -> _Reply:
+    return _Reply(status, [json.dumps({"error": message}).encode()], _JSON, headers)
+
+
+def _status_reply(ok: bool) -> _Reply:
+    # Health answers: the status code is the answer (Triton sends 400 for "no").
+    return _Reply(200 if ok else 400)
+
+
+async def _route_error(request: Request, exc: Exception) -> _Reply:
+    """Starlette's own refusals (no route: 404, wrong method: 405) as JSON errors."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        return _error_reply(
+            405, f"method {request.method} is not allowed for {request.url.path}; allowed: {allowed}", exc.headers
+        )
+    if exc.status_code == 404:
+        return _error_reply(404, f"no route for {request.method} {request.url.path}")
+    return _error_reply(exc.status_code, exc.detail)
+
+
+# --- request decoding ---------------------------------------------------------------------------
+
+
+def _flatten(data: Any) -> list[Any]:
+    """JSON ``data``, flat or nested in the tensor's shape, as a flat row-major list."""
+    if not isinstance(data, list):
+        return [data]
+    if not data or not isinstance(data[0], list):
+        return data
+    out: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            out.append(item)
+        else:
+            stack.pop()
+    return out
+
+
+def _parameters(obj: Mapping[str, Any], what: str) -> dict[str, Any]:
+    params = obj.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise InvalidArgumentError(f"{what}: 'parameters' must be a JSON object, got {type(params).__name__}")
+    return params
+
+
+def _flag(params: Mapping[str, Any], key: str, default: bool, what: str) -> bool:
+    value = params.get(key, default)
+    if not isinstance(value, bool):
+        raise InvalidArgumentError(f"{what}: parameter '{key}' must be true or false, got {value!r}")
+    return value
+
+
+def _decode_input(
+    spec: Any, tail: memoryview, offset: int, what: str
+) -> tuple[str, Tensor, int]:
+    """One ``inputs[i]`` entry as (name, tensor, bytes of the binary tail it used)."""
+    if not isinstance(spec, dict):
+        raise InvalidArgumentError(f"{what}: each of 'inputs' must be a JSON object")
+    name, datatype, shape = spec.get("name"), spec.get("datatype"), spec.get("shape")
+    if not isinstance(name, str) or not name:
+        raise InvalidArgumentError(f"{what}: an input has no 'name' string")
+    where = f"{what} input '{name}'"
+    if not isinstance(datatype, str):
+        raise InvalidArgumentError(f"{where}: 'datatype' must be a string such as \"FP32\", got {datatype!r}")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        raise InvalidArgumentError(f"{where}: 'shape' must be a list of integers, got {shape!r}")
+    params = _parameters(spec, where)
+    if "shared_memory_region" in params:
+        raise UnimplementedError(f"{where}: names a shared memory region; modelserve does not implement shared "
+                              "memory, send the data as binary data or JSON")
+    size = params.get("binary_data_size")
+    try:
+        if size is not None:
+            if "data" in spec:
+                raise InvalidArgumentError(f"{where}: has both 'data' and parameters.binary_data_size")
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise InvalidArgumentError(f"{where}: binary_data_size must be a non-negative integer, got {size!r}")
+            if offset + size > len(tail):
+                raise InvalidArgumentError(
+                    f"{where}: binary_data_size {size} goes past the end of the body "
+                    f"({len(tail) - offset} bytes of binary data left)"
+                )
+            return name, tensor_from_raw(name, datatype, shape, tail[offset : offset + size]), size
+        if "data" not in spec:
+            raise InvalidArgumentError(f"{where}: has neither 'data' nor parameters.binary_data_size")
+        if datatype in ("FP16", "BF16"):
+            raise InvalidArgumentError(f"{where}: {datatype} data cannot travel as JSON; send it as binary data")
+        values = _flatten(spec["data"])
+        if datatype == "BYTES" and not all(isinstance(v, str) for v in values):
+            raise InvalidArgumentError(f"{where}: BYTES data must be JSON strings")
+        return name, tensor_from_values(name, datatype, shape, values), 0
+    except InvalidArgumentError as e:
+        message = str(e)
+        raise InvalidArgumentError(message if message.startswith(what) else f"{what}: {message}") from None
+
+
+class _InferRequest:
+    """A decoded inference request: what Runtime.infer_async takes, plus how to encode the reply."""
+
+    __slots__ = ("id", "inputs", "outputs", "binary", "binary_default", "options")
+
+    def __init__(self) -> None:
+        self.id: str | None = None
+        self.inputs: dict[str, Tensor] = {}
+        self.outputs: list[str] = []  # requested outputs, in order; [] = all
+        self.binary: dict[str, bool] = {}  # per requested output
+        self.binary_default = False
+        self.options: dict[str, int] = {}
+
+
+def _decode_infer(body: bytes, header_length: str | None, what: str) -> _InferRequest:
+    view = memoryview(body)
+    length = len(view)
+    if header_length is not None:
+        try:
+            length = int(header_length)
+        except ValueError:
+            raise InvalidArgumentError(
+                f"{what}: Inference-Header-Content-Length {header_length!r} is not an integer"
+            ) from None
+        if length < 0 or length > len(view):
+            raise InvalidArgumentError(
+                f"{what}: Inference-Header-Content-Length {length} is outside the body of {len(view)} bytes"
+            )
+    try:
+        header = json.loads(view[:length].tobytes())
+    except (ValueError, RecursionError) as e:
+        raise InvalidArgumentError(f"{what}: the request header is not valid JSON: {e}") from None
+    if not isinstance(header, dict):
+        raise InvalidArgumentError(f"{what}: the request header must be a JSON object")
+    req = _InferRequest()
+    if "id" in header:
+        if not isinstance(header["id"], str):
+            raise InvalidArgumentError(f"{what}: 'id' must be a string, got {header['id']!r}")
+        req.id = header["id"]
+    params = _parameters(header, what)
+    req.binary_default = _flag(params, "binary_data_output", False, what)
+    req.options = request_options(params, what)
+
+    inputs = header.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise InvalidArgumentError(f"{what}: 'inputs' must be a non-empty list")
+    tail = view[length:]
+    used = 0
+    for spec in inputs:
+        name, tensor, size = _decode_input(spec, tail, used, what)
+        if name in req.inputs:
+            raise InvalidArgumentError(f"{what}: input '{name}' appears more than once")
+        req.inputs[name] = tensor
+        used += size
+    if used != len(tail):
+        raise InvalidArgumentError(
+            f"{what}: the body carries {len(tail)} bytes after the JSON header but the inputs' "
+            f"binary_data_size add up to {used}"
+        )
+
+    outputs = header.get("outputs", [])
+    if not isinstance(outputs, list):
+        raise InvalidArgumentError(f"{what}: 'outputs' must be a list")
+    for spec in outputs:
+        name = spec.get("name") if isinstance(spec, dict) else None
+        if not isinstance(name, str) or not name:
+            raise InvalidArgumentError(f"{what}: each of 'outputs' must be an object with a 'name' string")
+        if name in req.binary:
+            raise InvalidArgumentError(f"{what}: output '{name}' is requested more than once")
+        out_params = _parameters(spec, f"{what} output '{name}'")
+        if out_params.get("classification") or "shared_memory_region" in out_params:
+            feature = "classification" if out_params.get("classification") else "shared memory"
+            raise UnimplementedError(f"{what} output '{name}': {feature} is not supported by modelserve")
+        req.binary[name] = _flag(out_params, "binary_data", req.binary_default, f"{what} output '{name}'")
+        req.outputs.append(name)
+    return req
+
+
+def _raw_request(body: bytes, metadata: Mapping[str, Any], batched: bool, what: str) -> _InferRequest:
+    """Triton's raw binary request (Inference-Header-Content-Length: 0): the body is the single
+    input of a one-input model, batch 1, with at most one variable dimension."""
+    if len(metadata["inputs"]) != 1:
+        raise InvalidArgumentError(
+            f"{what}: a raw binary request (Inference-Header-Content-Length: 0) needs a model with exactly "
+            f"one input; this one has {len(metadata['inputs'])}"
+        )
+    spec = metadata["inputs"][0]
+    datatype = spec["datatype"]
+    dims = list(spec["shape"][1:] if batched else spec["shape"])
+    if dims.count(-1) > 1:
+        raise InvalidArgumentError(f"{what}: a raw binary request needs at most one variable dimension in {dims}")
+    if -1 in dims:
+        fixed = math.prod(d for d in dims if d != -1)
+        if datatype == "BYTES":
+            count = 1
+        else:
+            per = fixed * NUMPY_DTYPES[datatype].itemsize
+            if per == 0 or len(body) % per:
+                raise InvalidArgumentError(
+                    f"{what}: input '{spec['name']}': {len(body)} bytes are not a whole number of {dims} {datatype} rows"
+                )
+            count = len(body) // per
+        dims[dims.index(-1)] = count
+    shape = [1] + dims if batched else dims
+    req = _InferRequest()
+    req.inputs[spec["name"]] = tensor_from_raw(spec["name"], datatype, shape, memoryview(body))
+    req.binary_default = True
+    return req
+
+
+def _decompress(body: bytes, encoding: str, limit: int, what: str) -> bytes:
+    """A gzip or zlib ("deflate") body, refused past ``limit`` bytes unpacked (no zip bombs)."""
+    d = zlib.decompressobj(wbits=32 + zlib.MAX_WBITS)  # either header, detected
+    try:
+        out = d.decompress(body, limit + 1)
+    except zlib.error as e:
+        raise InvalidArgumentError(f"{what}: the {encoding} body cannot be decompressed: {e}") from None
+    if len(out) > limit:
+        raise _HttpError(
+            413, f"{what}: the {encoding} body unpacks to more than the limit of {limit} bytes; "
+            "raise the limit with --max-message-bytes",
+        )
+    if not d.eof:
+        raise InvalidArgumentError(f"{what}: the {encoding} body is truncated")
+    return out
+
+
+# --- response encoding --------------------------------------------------------------------------
+
+
+def _flat_bytes(tensor: Tensor) -> memoryview:
+    if tensor.nbytes == 0:
+        return memoryview(b"")  # memoryview.cast refuses shapes with a zero in them
+    view = memoryview(tensor)
+    return view if view.ndim == 1 and view.format == "B" else view.cast("B")
+
+
+def _encode_infer(
+    model: str, version: str, req: _InferRequest, outputs: Mapping[str, Tensor], limit: int
+) -> _Reply:
+    what = f"model '{model}' version {version}"
+    names = req.outputs or list(outputs)
+    entries, blobs = [], []
+    for name in names:
+        tensor = outputs[name]
+        if tensor.device.startswith("cuda:"):  # backends return host memory; never the client's fault
+            raise InternalError(f"{what} output '{name}' is in {tensor.device} memory; HTTP needs host memory")
+        entry: dict[str, Any] = {"name": name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
+        # numpy has no bfloat16 values to write as JSON numbers: BF16 always goes binary.
+        if req.binary.get(name, req.binary_default) or tensor.datatype == "BF16":
+            blob = _flat_bytes(tensor)
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = tensor_values(tensor)
+        entries.append(entry)
+    response: dict[str, Any] = {"model_name": model, "model_version": version}
+    if req.id is not None:
+        response["id"] = req.id
+    response["outputs"] = entries
+    header = json.dumps(response, separators=(",", ":")).encode()
+    total = len(header) + sum(len(b) for b in blobs)
+    if total > limit:
+        raise InvalidArgumentError(
+            f"{what}: the response of {total} bytes is larger than the limit of {limit} bytes; "
+            "raise the limit with --max-message-bytes"
+        )
+    if not blobs:
+        return _Reply(200, [header], _JSON)
+    return _Reply(200, [header, *blobs], _BINARY, {"Inference-Header-Content-Length": str(len(header))})
+
+
+_DATA_TYPES = {dt: "TYPE_STRING" if dt == "BYTES" else f"TYPE_{dt}" for dt in NUMPY_DTYPES}
+
+
+def _triton_config(config: Mapping[str, Any], backend: str) -> dict[str, Any]:
+    """The effective configuration in Triton's ModelConfig JSON form (what tools reading
+    ``/config`` expect), with modelserve's own form under ``"modelserve"``."""
+    out: dict[str, Any] = {
+        "name": config["name"],
+        "platform": backend,
+        "backend": backend,
+        "max_batch_size": config["max_batch_size"],
+        "input": [
+            {"name": t["name"], "data_type": _DATA_TYPES.get(t["datatype"], "TYPE_INVALID"),
+             "format": "FORMAT_NONE", "dims": list(t["shape"])}
+            for t in config["inputs"]
+        ],
+        "output": [
+            {"name": t["name"], "data_type": _DATA_TYPES.get(t["datatype"], "TYPE_INVALID"),
+             "dims": list(t["shape"]), "label_filename": ""}
+            for t in config["outputs"]
+        ],
+    }
+    policy = config.get("version_policy") or {}
+    if policy.get("latest"):
+        out["version_policy"] = {"latest": {"num_versions": policy["latest"]}}
+    elif policy.get("all"):
+        out["version_policy"] = {"all": {}}
+    elif policy.get("specific"):
+        out["version_policy"] = {"specific": {"versions": policy["specific"]}}
+    batching = config.get("dynamic_batching")
+    if batching:
+        out["dynamic_batching"] = {
+            "preferred_batch_size": batching.get("preferred_batch_sizes", []),
+            "max_queue_delay_microseconds": batching.get("max_queue_delay_us", 0),
+            "priority_levels": batching.get("priority_levels", 1),
+            "default_priority_level": batching.get("default_priority_level", 0),
+            "default_queue_policy": {
+                "max_queue_size": batching.get("max_queue_size", 0),
+                "default_timeout_microseconds": batching.get("default_timeout_us", 0),
+            },
+        }
+    instances = config.get("instances") or {}
+    kind = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}.get(instances.get("device"), "KIND_AUTO")
+    out["instance_group"] = [{"count": instances.get("count", 1), "kind": kind}]
+    out["parameters"] = {k: {"string_value": v if isinstance(v, str) else json.dumps(v)}
+                         for k, v in (config.get("parameters") or {}).items()}
+    out["modelserve"] = dict(config)
+    return out
+
+
+def _duration(count: int, ns: int) -> dict[str, int]:
+    return {"count": int(count), "ns": int(ns)}
+
+
+def _triton_statistics(stats: Mapping[str, Any]) -> dict[str, Any]:
+    """One version's core statistics in Triton's ModelStatistics JSON form."""
+    success = stats.get("success_count", 0)
+    request_hist = stats.get("request_hist") or {}
+    queue_hist = stats.get("queue_hist") or {}
+    return {
+        "name": stats["name"],
+        "version": stats["version"],
+        "last_inference": int(stats.get("last_inference_ms", 0)),
+        "inference_count": int(stats.get("inference_count", 0)),
+        "execution_count": int(stats.get("execution_count", 0)),
+        "inference_stats": {
+            "success": _duration(success, request_hist.get("sum_ns", 0)),
+            "fail": _duration(stats.get("failure_count", 0), 0),
+            "queue": _duration(queue_hist.get("count", success), stats.get("queue_ns", 0)),
+            "compute_input": _duration(success, stats.get("compute_input_ns", 0)),
+            "compute_infer": _duration(success, stats.get("compute_infer_ns", 0)),
+            "compute_output": _duration(success, stats.get("compute_output_ns", 0)),
+            "cache_hit": _duration(0, 0),
+            "cache_miss": _duration(0, 0),
+        },
+        "batch_stats": [
+            {
+                "batch_size": int(size),
+                "compute_input": _duration(b.get("count", 0), b.get("compute_input_ns", 0)),
+                "compute_infer": _duration(b.get("count", 0), b.get("compute_infer_ns", 0)),
+                "compute_output": _duration(b.get("count", 0), b.get("compute_output_ns", 0)),
+            }
+            for size, b in sorted((stats.get("batch_stats") or {}).items())
+        ],
+        "failures": dict(stats.get("failures") or {}),
+        "memory_usage": [],
+    }
+
+
+# --- the app ------------------------------------------------------------------------------------
+
+
+async def _until_disconnect(receive: Callable[[], Any]) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _cancel_on_disconnect(coro: Any, receive: Callable[[], Any]) -> Any:
+    """Awaits ``coro`` (the request body already read); cancels it and raises ClientDisconnect
+    if the client goes away first (Note [Client disconnects])."""
+    work = asyncio.ensure_future(coro)
+    watch = asyncio.ensure_future(_until_disconnect(receive))
+    try:
+        await asyncio.wait((work, watch), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not work.done():
+            work.cancel()  # the client is gone, or this handler itself is being cancelled
+    if not work.done() or work.cancelled():
+        await asyncio.wait((work,))
+        raise ClientDisconnect()
+    return work.result()
+
+
+class _Api:
+    """The handlers; each takes a Starlette Request and returns a _Reply."""
+
+    def __init__(self, runtime: Any, options: ServerOptions, health: Health, metrics: Any) -> None:
+        self.runtime = runtime
+        self.options = options
+        self.health = health
+        self.metrics = metrics
+
+    # --- helpers ---------------------------------------------------------------------------------
+    @staticmethod
+    def _target(request: Request) -> tuple[str, str | None]:
+        model = request.path_params["model"]
+        if "\x00" in model:
+            raise InvalidArgumentError(f"model name {model!r} contains a NUL byte")
+        return model, request.path_params.get("version")
+
+    @staticmethod
+    def _what(model: str, version: str | None) -> str:
+        return f"model '{model}'" + (f" version {version}" if version is not None else "")
+
+    async def _body(self, request: Request, what: str) -> bytes:
+        """The request body, refused with 413 past ``max_message_bytes`` (checked against
+        Content-Length before anything is read, then while reading) and decompressed."""
+        limit = self.options.max_message_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise _HttpError(
+                413, f"{what}: the request body of {int(declared)} bytes is larger than the limit of "
+                f"{limit} bytes; raise the limit with --max-message-bytes",
+            )
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _HttpError(
+                    413, f"{what}: the request body is larger than the limit of {limit} bytes "
+                    f"({size} bytes received so far); raise the limit with --max-message-bytes",
+                )
+            chunks.append(chunk)
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if encoding in ("gzip", "deflate"):
+            return _decompress(body, encoding, limit, what)
+        if encoding not in ("", "identity"):
+            raise _HttpError(415, f"{what}: Content-Encoding '{encoding}' is not supported (gzip, deflate)")
+        return body
+
+    async def _json_body(self, request: Request, what: str) -> dict[str, Any]:
+        body = await self._body(request, what)
+        if not body.strip():
+            return {}
+        try:
+            value = json.loads(body)
+        except (ValueError, RecursionError) as e:
+            raise InvalidArgumentError(f"{what}: the request body is not valid JSON: {e}") from None
+        if not isinstance(value, dict):
+            raise InvalidArgumentError(f"{what}: the request body must be a JSON object")
+        return value
+
+    # --- health ----------------------------------------------------------------------------------
+    async def live(self, request: Request) -> _Reply:
+        return _status_reply(self.health.live())
+
+    async def ready(self, request: Request) -> _Reply:
+        return _status_reply(self.health.ready())
+
+    async def model_ready(self, request: Request) -> _Reply:
+        model, version = self._target(request)
+        return _status_reply(self.health.model_ready(model, version))
+
+    # --- metadata --------------------------------------------------------------------------------
+    async def server_metadata(self, request: Request) -> _Reply:
+        return _json_reply({"name": "modelserve", "version": __version__, "extensions": EXTENSIONS})
+
+    async def model_metadata(self, request: Request) -> _Reply:
+        model, version = self._target(request)
+        return _json_reply(self.runtime.model_metadata(model, version))
+
+    async def model_config(self, request: Request) -> _Reply:
+        model, version = self._target(request)
+        config = self.runtime.model_config(model, version)
+        backend = config.get("backend") or self.runtime.model_metadata(model, version)["platform"]
+        return _json_reply(_triton_config(config, backend))
+
+    async def statistics(self, request: Request) -> _Reply:
+        model = request.path_params.get("model")
+        if model is not None:
+            model, version = self._target(request)
+        else:
+            version = None
+        stats = self.runtime.model_statistics(model, version)
+        return _json_reply({"model_stats": [_triton_statistics(s) for s in stats]})
+
+    # --- repository ------------------------------------------------------------------------------
+    async def repository_index(self, request: Request) -> _Reply:
+        body = await self._json_body(request, "repository index")
+        ready = _flag(body, "ready", False, "repository index")
+        index = await asyncio.to_thread(self.runtime.repository_index, ready)
+        # Models that are not loaded have no version: the key is left out, as Triton does.
+        return _json_reply([{k: v for k, v in e.items() if not (k == "version" and v == "")} for e in index])
+
+    async def load(self, request: Request) -> _Reply:
+        model, _ = self._target(request)
+        params = _parameters(await self._json_body(request, f"load of model '{model}'"), f"load of model '{model}'")
+        overrides = sorted(k for k in params if k == "config" or k.startswith("file:"))
+        if overrides:
+            raise _HttpError(
+                501, f"load of model '{model}': overriding {', '.join(overrides)} is not supported; "
+                "change the model repository instead",
+            )
+        await asyncio.to_thread(self.runtime.load_model, model)
+        return _Reply(200)
+
+    async def unload(self, request: Request) -> _Reply:
+        model, _ = self._target(request)
+        # unload_dependents is accepted and has nothing to act on: no model depends on another.
+        _flag(_parameters(await self._json_body(request, f"unload of model '{model}'"), "unload"),
+              "unload_dependents", False, f"unload of model '{model}'")
+        await asyncio.to_thread(self.runtime.unload_model, model)
+        return _Reply(200)
+
+    # --- inference -------------------------------------------------------------------------------
+    async def infer(self, request: Request) -> _Reply:
+        model, version = self._target(request)
+        what = self._what(model, version)
+        self.health.check_accepting()
+        body = await self._body(request, what)
+        header_length = request.headers.get(_HEADER_LENGTH)
+        if header_length is not None and header_length.strip() == "0":
+            batched = self.runtime.model_config(model, version)["max_batch_size"] > 0
+            req = _raw_request(body, self.runtime.model_metadata(model, version), batched, what)
+        else:
+            req = _decode_infer(body, header_length, what)
+        # The version (number, label or default) is resolved to a number first: that number is
+        # what runs and what the response reports, whatever swap happens meanwhile.
+        number = self.runtime.resolve_version(model, version)
+        outputs = await _cancel_on_disconnect(
+            self.runtime.infer_async(
+                model, req.inputs, version=number, outputs=req.outputs or None, as_numpy=False, **req.options
+            ),
+            request.receive,
+        )
+        return _encode_infer(model, str(number), req, outputs, self.options.max_message_bytes)
+
+    # --- metrics and unsupported extensions ------------------------------------------------------
+    async def prometheus(self, request: Request) -> _Reply:
+        if self.metrics is None:
+            return _error_reply(404, "metrics are not enabled on this server")
+        body, content_type = self.metrics.render()
+        return _Reply(200, [body], content_type)
+
+
+def _unsupported(feature: str, hint: str = "") -> Callable[[Request], Any]:
+    async def handler(request: Request) -> _Reply:
+        raise UnimplementedError(f"modelserve does not implement {feature}{hint}")
+
+    return handler
+
+
+async def _shm_status(request: Request) -> _Reply:
+    region = request.path_params.get("region")
+    if region is not None:
+        raise NotFoundError(f"no shared memory region '{region}' (modelserve registers none)")
+    return _json_reply([])
+
+
+async def _shm_unregister(request: Request) -> _Reply:
+    return _Reply(200)  # nothing is ever registered, so nothing stays registered
+
+
+def _endpoint(handler: Callable[[Request], Any], check: Callable[[Request], None] | None = None) -> Callable:
+    """Wraps a handler: authorisation first, then every failure as a JSON error reply."""
+
+    async def endpoint(request: Request) -> _Reply:
+        try:
+            if check is not None:
+                check(request)
+            return await handler(request)
+        except ModelserveError as e:
+            if e.http_status == 500:  # a backend raised: worth a line; refusals are the client's
+                log.warning("%s %s: %s", request.method, request.url.path, e)
+            headers = {"Connection": "close"} if e.http_status == 413 else None
+            return _error_reply(e.http_status, str(e), headers)
+        except asyncio.CancelledError:
+            # Only uvicorn cancels handlers: stop() when its grace period is over. The queued
+            # request is cancelled already (_cancel_on_disconnect); the client hears why.
+            return _error_reply(503, "the server shut down before the request finished", {"Connection": "close"})
+        except ClientDisconnect:  # nobody reads this answer; uvicorn drops it
+            log.debug("%s %s: the client disconnected", request.method, request.url.path)
+            return _error_reply(499, "the client disconnected")
+        except Exception as e:  # a bug here or in a backend: answer, log, keep serving
+            log.exception("%s %s failed", request.method, request.url.path)
+            return _error_reply(500, f"internal error: {type(e).__name__}: {e}")
+
+    endpoint.__name__ = getattr(handler, "__name__", "endpoint")
+    return endpoint
+
+
+def create_app(runtime: Any, options: ServerOptions, health: Health, metrics: Any = None) -> Starlette:
+    """The ASGI app serving ``runtime`` over the Open Inference Protocol's HTTP routes."""
+    api = _Api(runtime, options, health, metrics)
+
+    def authorised(token: str | None, what: str) -> Callable[[Request], None] | None:
+        if token is None:
+            return None
+        return lambda request: check_token(token, request.headers.get("authorization"), what)
+
+    infer_auth = authorised(options.inference_token, "inference")
+    meta_auth = authorised(options.inference_token, "metadata")
+    # Management is never easier to reach than inference: without an admin token, the inference
+    # token guards load/unload too.
+    admin_auth = authorised(options.admin_token or options.inference_token, "repository load/unload")
+
+    def route(path: str, handler: Callable, methods: list[str], check: Callable | None = None) -> Route:
+        return Route(path, _endpoint(handler, check), methods=methods)
+
+    versioned = ("/v2/models/{model}", "/v2/models/{model}/versions/{version}")
+    routes = [
+        route("/v2/health/live", api.live, ["GET"]),
+        route("/v2/health/ready", api.ready, ["GET"]),
+        route("/v2", api.server_metadata, ["GET"], meta_auth),
+        route("/v2/models/stats", api.statistics, ["GET"], meta_auth),
+        route("/v2/repository/index", api.repository_index, ["POST"], meta_auth),
+        route("/v2/repository/models/{model}/load", api.load, ["POST"], admin_auth),
+        route("/v2/repository/models/{model}/unload", api.unload, ["POST"], admin_auth),
+        route("/metrics", api.prometheus, ["GET"]),
+    ]
+    for base in versioned:
+        routes += [
+            route(base, api.model_metadata, ["GET"], meta_auth),
+            route(base + "/ready", api.model_ready, ["GET"]),
+            route(base + "/config", api.model_config, ["GET"], meta_auth),
+            route(base + "/stats", api.statistics, ["GET"], meta_auth),
+            route(base + "/infer", api.infer, ["POST"], infer_auth),
+        ]
+    # Shared memory: no region is ever registered (status: none, unregister: done, register: 501).
+    for prefix, feature in (("/v2/systemsharedmemory", "system shared memory"),
+                            ("/v2/cudasharedmemory", "CUDA shared memory")):
+        register = _unsupported(feature, "; send tensors as binary data")
+        routes += [
+            route(prefix + "/status", _shm_status, ["GET"], meta_auth),
+            route(prefix + "/region/{region}/status", _shm_status, ["GET"], meta_auth),
+            route(prefix + "/unregister", _shm_unregister, ["POST"], meta_auth),
+            route(prefix + "/region/{region}/unregister", _shm_unregister, ["POST"], meta_auth),
+            route(prefix + "/region/{region}/register", register, ["POST"], meta_auth),
+        ]
+    for path, feature in (("/v2/trace/setting", "trace settings"), ("/v2/models/{model}/trace/setting", "trace settings"),
+                          ("/v2/logging", "log settings")):
+        routes.append(route(path, _unsupported(feature), ["GET", "POST"], meta_auth))
+
+    app = Starlette(routes=routes, exception_handlers={HTTPException: _route_error})
+    app.router.redirect_slashes = False  # /v2/ is an unknown route, not a redirect
+    return app
+
+
+# --- the server ---------------------------------------------------------------------------------
+
+
+class _UvicornServer(uvicorn.Server):
+    """uvicorn without its signal handlers (the server app owns SIGTERM/SIGINT), and with an event
+    set once it listens."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.started_event = asyncio.Event()
+
+    def capture_signals(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self.started_event.set()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket for ``host:port`` (port 0: a free one). Bound here rather than by
+    uvicorn, whose bind failure calls sys.exit inside the event loop."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
+    )[0]
+    # proto IPPROTO_TCP (not 0): asyncio sets TCP_NODELAY on accepted sockets only then, and
+    # without it a reply written in parts waits out the client's delayed ACK (40 ms).
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(address)
+        sock.listen(2048)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class HttpFrontend:
+    """The HTTP server: :func:`create_app` under uvicorn, in the running event loop (the gRPC
+    server's), on ``options.host:options.http_port`` with TLS (and mutual TLS) as configured."""
+
+    def __init__(self, runtime: Any, options: ServerOptions, health: Health, metrics: Any = None) -> None:
+        self.options = options
+        self.app = create_app(runtime, options, health, metrics)
+        self.port: int | None = None
+        self._server: _UvicornServer | None = None
+        self._task: asyncio.Task | None = None
+
+    def _config(self) -> uvicorn.Config:
+        o = self.options
+        tls: dict[str, Any] = {}
+        if o.tls_cert is None and (o.tls_key is not None or o.tls_client_ca is not None):
+            raise ValueError("TLS: tls_key and tls_client_ca need tls_cert")
+        if o.tls_cert is not None:
+            tls = {"ssl_certfile": str(o.tls_cert), "ssl_keyfile": str(o.tls_key) if o.tls_key else None}
+            if o.tls_client_ca is not None:
+                tls.update(ssl_ca_certs=str(o.tls_client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
+        return uvicorn.Config(
+            self.app,
+            log_config=None,  # logging is configured by the server app
+            access_log=False,
+            lifespan="off",
+            proxy_headers=False,
+            server_header=False,
+            **tls,
+        )
+
+    async def start(self) -> int:
+        """Starts serving; returns the bound port."""
+        if self._task is not None:
+            raise RuntimeError("HttpFrontend.start() was already called")
+        config = self._config()
+        config.load()  # TLS files are read now, so a bad one fails start() itself
+        sock = _bind(self.options.host, self.options.http_port)
+        server = _UvicornServer(config)
+        task = asyncio.create_task(server.serve(sockets=[sock]), name="modelserve-http")
+        started = asyncio.create_task(server.started_event.wait())
+        await asyncio.wait((task, started), return_when=asyncio.FIRST_COMPLETED)
+        if not started.done():
+            started.cancel()
+            sock.close()
+            task.result()  # raises why it stopped
+            raise RuntimeError("the HTTP server stopped during start-up")
+        self._server, self._task = server, task
+        self.port = server.servers[0].sockets[0].getsockname()[1]
+        log.debug("HTTP on %s:%d%s", self.options.host, self.port, " (TLS)" if self.options.tls_cert else "")
+        return self.port
+
+    async def stop(self, grace: float) -> None:
+        """Stops listening, lets requests in flight finish for up to ``grace`` seconds, then
+        cancels the rest (their queued inference requests are cancelled with them)."""
+        if self._server is None or self._task is None:
+            return
+        self._server.config.timeout_graceful_shutdown = max(0.0, grace)
+        self._server.should_exit = True
+        try:
+            await self._task
+        finally:
+            self._server = self._task = None
