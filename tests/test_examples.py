@@ -82,8 +82,11 @@ def test_recommender_serves_two_versions_and_a_stable_label(rt):
     assert rt.model_metadata("recommender")["versions"] == ["1", "2"]
 
 
-def python_blocks(path):
-    return re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S)
+def python_blocks(path, client=False):
+    """The file's python code blocks: those that talk to a running server (they use tritonclient)
+    when ``client``, else the self-contained ones."""
+    blocks = re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S)
+    return [b for b in blocks if ("tritonclient" in b) == client]
 
 
 @pytest.mark.parametrize("index", range(len(python_blocks(ROOT / "README.md"))))

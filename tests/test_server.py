@@ -169,6 +169,15 @@ def test_sigterm_lets_every_inflight_request_finish_and_exits_0(tmp_path):
     assert any("shutting down" in m for m in messages) and messages[-1] == "stopped"
 
 
+def test_readme_client_example_runs(server):
+    from test_examples import python_blocks
+
+    (code,) = python_blocks(ROOT / "README.md", client=True)
+    code = code.replace("localhost:8001", f"127.0.0.1:{server.grpc_port}")
+    code = code.replace("localhost:8000", f"127.0.0.1:{server.http_port}")
+    exec(compile(code, "README.md[tritonclient example]", "exec"), {"__name__": "readme"})
+
+
 def test_validate_exits_1_for_a_broken_repository(tmp_path):
     (tmp_path / "m" / "1").mkdir(parents=True)
     (tmp_path / "m" / "config.yaml").write_text("max_batch_sise: 4\n")
