@@ -382,7 +382,7 @@ class ModelRepository:
         scan = scan_repository(self.root)
         if name not in scan:
             raise NotFoundError(f"model '{name}' not found in repository {self.root}; found {sorted(scan)}")
-        errors = self._load_dir(scan[name], reload_all=True)
+        errors = self._load_dir(scan[name], reload=set(scan[name].versions))
         if errors:
             # What was serving before (if anything) still serves; the caller hears why the load failed.
             raise LoadError(errors)
@@ -436,18 +436,19 @@ class ModelRepository:
         return out
 
     # --- loading -------------------------------------------------------------------------------
-    def _load_dir(self, d: ModelDir, reload_all: bool = False) -> list[str]:
+    def _load_dir(self, d: ModelDir, reload: set[int] = frozenset()) -> list[str]:
+        """Syncs one model with its folder (``reload``: versions to load again even if READY);
+        returns the errors, which are also kept in ``self.errors``."""
         try:
             config = load_config(d.path)
         except ConfigError as e:
             self.errors[d.name] = e.errors
-            log.error("model '%s': %s", d.name, e)
+            serving = " (the loaded versions keep serving)" if d.name in self.models else ""
+            log.error("model '%s': config rejected%s: %s", d.name, serving, e)
             return e.errors
         with self._lock:
-            model = self.models.get(d.name)
-            if model is None:
-                model = ManagedModel(d.name, d.path)
-        errors = model.sync(config, d.versions, reload=set(d.versions) if reload_all else set())
+            model = self.models.get(d.name) or ManagedModel(d.name, d.path)
+        errors = model.sync(config, d.versions, reload=reload)
         with self._lock:
             if model.versions:
                 self.models[d.name] = model
@@ -488,7 +489,7 @@ class ModelRepository:
                 reload = set()
             log.info("model '%s': repository changed (new or changed versions %s, removed %s, config %s)",
                      name, sorted(changed_versions), sorted(removed), "changed" if config_changed else "same")
-            self._sync_dir(settled, reload)
+            self._load_dir(settled, reload)
         for name in set(self._acted) - set(scan):
             log.info("model '%s': folder removed; unloading", name)
             with self._lock:
@@ -496,25 +497,6 @@ class ModelRepository:
                 self._acted.pop(name, None)
             if model is not None:
                 model.unload()
-
-    def _sync_dir(self, d: ModelDir, reload: set[int]) -> None:
-        try:
-            config = load_config(d.path)
-        except ConfigError as e:
-            self.errors[d.name] = e.errors
-            log.error("model '%s': config change rejected, the loaded versions keep serving: %s", d.name, e)
-            return
-        with self._lock:
-            model = self.models.get(d.name) or ManagedModel(d.name, d.path)
-        errors = model.sync(config, d.versions, reload=reload)
-        with self._lock:
-            if model.versions:
-                self.models[d.name] = model
-            if errors:
-                self.errors[d.name] = errors
-            else:
-                self.errors.pop(d.name, None)
-            self._acted[d.name] = d
 
     def _poll_loop(self) -> None:
         while not self._stop.wait(self.poll_interval):
