@@ -1,3 +1,4 @@
+import asyncio
 import threading
 
 import numpy as np
@@ -60,3 +61,20 @@ def held():
     r = Recorder(hold=True)
     yield r
     r.release()
+
+
+class LoopThread:
+    """An asyncio loop on a daemon thread, where server frontends run while tests drive them."""
+
+    def __init__(self, name: str = "test-loop") -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self.thread.start()
+
+    def run(self, coro, timeout: float = 60):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()

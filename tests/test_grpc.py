@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import conftest
+
 grpc = pytest.importorskip("grpc")
 grpcclient = pytest.importorskip("tritonclient.grpc")
 import tritonclient.grpc.aio as aioclient  # noqa: E402
@@ -46,27 +48,14 @@ MAX = 2**31 - 1
 # --- the servers --------------------------------------------------------------------------------
 
 
-class LoopThread:
-    """An asyncio loop in a background thread: the servers run there, the tests drive them."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="grpc-test-loop", daemon=True)
-        self.thread.start()
-
-    def run(self, coro, timeout: float = 60):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+class LoopThread(conftest.LoopThread):
+    """The shared loop thread, able to start a gRPC frontend on it."""
 
     def start(self, runtime, **options) -> tuple[GrpcFrontend, str]:
         health = Health(runtime)
         frontend = GrpcFrontend(runtime, ServerOptions(grpc_port=0, **options), health)
         port = self.run(frontend.start())
         return frontend, f"127.0.0.1:{port}"
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
 
 
 IDENTITY = """

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import LoopThread
 import tritonclient.http as httpclient
 import tritonclient.http.aio as aioclient
 from tritonclient.utils import InferenceServerException
@@ -78,23 +79,6 @@ def write_model(repo: Path, name: str, datatype: str, code: str, shape: str = "[
 # --- servers --------------------------------------------------------------------------------------
 
 
-class LoopThread:
-    """An asyncio loop on a daemon thread, where the frontends run."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="http-test-loop", daemon=True)
-        self.thread.start()
-
-    def run(self, coro, timeout: float = 30):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-
 class Served:
     def __init__(self, frontend: HttpFrontend, port: int, health: Health) -> None:
         self.frontend, self.port, self.health = frontend, port, health
@@ -103,7 +87,7 @@ class Served:
 
 @pytest.fixture(scope="module")
 def loop():
-    lt = LoopThread()
+    lt = LoopThread("http-test-loop")
     yield lt
     lt.close()
 
