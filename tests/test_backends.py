@@ -187,6 +187,17 @@ def test_onnx_invalid_thread_parameter_is_rejected(ort, onnx, tmp_path):
         backend("onnx", tmp_path, {"parameters": {"intra_op_threads": "four"}}).load()
 
 
+def test_onnx_pool_threads_do_not_spin_unless_asked(ort, onnx, tmp_path):
+    save_identity(onnx, tmp_path, "FLOAT")
+    for parameters, expected in (({}, "0"), ({"allow_spinning": True}, "1")):
+        b = backend("onnx", tmp_path, {"parameters": parameters})
+        b.load()
+        options = b.session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == expected
+    with pytest.raises(InvalidArgumentError, match="parameters.allow_spinning must be true or false, got 'yes'"):
+        backend("onnx", tmp_path, {"parameters": {"allow_spinning": "yes"}}).load()
+
+
 def test_onnx_cuda_device_without_cuda_provider_runs_on_cpu(ort, onnx, tmp_path, caplog):
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("onnxruntime has CUDA here")
