@@ -82,6 +82,9 @@ def bare_session(rt: modelserve.Runtime, model: str, version: int):
     options.inter_op_num_threads = parameters.get("inter_op_threads", 1)
     if options.inter_op_num_threads > 1:
         options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+    spin = "1" if parameters.get("allow_spinning", False) else "0"  # the backend's default: off
+    for pool in ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning"):
+        options.add_session_config_entry(pool, spin)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     providers: list = ["CPUExecutionProvider"]
     if (config["instances"]["device"] != "cpu" and modelserve.cuda.is_available()
@@ -368,6 +371,7 @@ def test_throughput(rt, loop, model, batch, bench_seed, bench_duration, throughp
         throughput_table.notes.append(
             f"bare session: intra_op_num_threads={options.intra_op_num_threads}, "
             f"inter_op_num_threads={options.inter_op_num_threads}, graph optimisation all, "
+            f"spinning {options.get_session_config_entry('session.intra_op.allow_spinning')}, "
             f"{session.get_providers()[0]} (as backends/onnx.py sets them; "
             f"{usable_cpus()} usable CPUs)")
 

@@ -80,7 +80,8 @@ class DynamicBatcher {
   // Removes a queued request and completes it with CANCELLED. False if it is not queued (it ran,
   // is running, or never was).
   bool cancel(uint64_t request_id);
-  // Wakes the batcher: a slot became free in the sink.
+  // A slot became free in the sink: forms and dispatches a batch on the calling thread if one is
+  // due now (saving the batcher thread's wake-up on the hot path), else wakes the batcher thread.
   void notify();
 
   void set_config(BatcherConfig config);  // applies to the next batch; queued requests stay
@@ -98,6 +99,8 @@ class DynamicBatcher {
   Formed form_locked(Clock::time_point now) const;
   Batch pop_locked(size_t count, Clock::time_point now);
   void expire_locked(Clock::time_point now, std::vector<RequestPtr>& expired);
+  // Pops a batch that is due now into `batch` (true), or tells when to look again (`wake`).
+  bool take_due_locked(Clock::time_point now, Batch& batch, Clock::time_point& wake);
   bool compatible(const Request& a, const Request& b) const;
 
   const std::string model_;                   // for messages
@@ -111,6 +114,9 @@ class DynamicBatcher {
   bool accepting_ = false;                    // guarded by mutex_
   bool stopping_ = false;                     // guarded by mutex_
   bool drain_ = true;                         // guarded by mutex_
+  // Batches popped but not yet handed to the sink (they will take a slot free_slots() still
+  // counts); guarded by mutex_. See Note [Inline dispatch].
+  size_t dispatching_ = 0;
   BatchSink* sink_ = nullptr;
   std::thread thread_;
 };
