@@ -109,6 +109,14 @@ class Runtime:
             request = mv.engine.submit_async(inputs, outputs=outputs, priority=priority, timeout_us=timeout_us)
         return await request.outputs(as_numpy=as_numpy)
 
+    def run_batch(self, model: str, input: str | Path, output: str | Path, **options: Any) -> Any:
+        """Scores the dataset file ``input`` with ``model`` and writes ``output`` (npy, npz,
+        Parquet, JSON Lines or CSV), streaming, resumable; returns a ``BatchResult``. The options
+        and rules are those of :func:`modelserve.batch.run_batch`."""
+        from .batch import run_batch  # the batch package sits above the Runtime: imported on use
+
+        return run_batch(self, model, input, output, **options)
+
     def resolve_version(self, model: str, version: Version = None) -> int:
         """The version number a request for ``version`` goes to now (a label or None resolved).
         Frontends pass the number on, so the response names the version that ran."""
