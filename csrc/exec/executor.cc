@@ -164,32 +164,26 @@ size_t Executor::free_slots() const {
   return slots;
 }
 
-void Executor::dispatch(Batch&& batch) {
+bool Executor::dispatch(Batch& batch) {
   const size_t n = batch.requests.size();
   {
     std::lock_guard<std::mutex> lock(mutex_);
+    // The least loaded instance with a free slot; if a resize took the slot the batcher counted,
+    // any live instance (one batch over its depth is harmless).
     Instance* best = nullptr;
     for (const auto& inst : instances_) {
-      if (inst->retiring || inst->load() >= inst->depth) continue;
-      if (!best || inst->load() < best->load()) best = inst.get();
+      if (inst->retiring) continue;
+      const bool free = inst->load() < inst->depth;
+      const bool best_free = best && best->load() < best->depth;
+      if (!best || (free && !best_free) || (free == best_free && inst->load() < best->load())) best = inst.get();
     }
-    if (best) {
-      best->work.push_back(std::move(batch));
-      best->cv.notify_one();
-    }
-  }
-  if (!batch.requests.empty()) {
-    // No free slot (the batcher checks first, so only a concurrent shrink gets here).
-    for (auto& r : batch.requests) {
-      r->fail(StatusCode::kUnavailable, config_.model + ": no instance available to run the request");
-    }
-    std::lock_guard<std::mutex> lock(stats_mutex_);
-    stats_.failure_count += n;
-    stats_.failures["UNAVAILABLE"] += n;
-    return;
+    if (!best) return false;
+    best->work.push_back(std::move(batch));
+    best->cv.notify_one();
   }
   std::lock_guard<std::mutex> lock(stats_mutex_);
   stats_.in_flight += n;
+  return true;
 }
 
 void Executor::worker(Instance* inst) {

@@ -106,7 +106,7 @@ class Executor final : public BatchSink {
   void stop();
 
   size_t free_slots() const override;
-  void dispatch(Batch&& batch) override;
+  bool dispatch(Batch& batch) override;
 
   // Statistics; the batcher's queue length is added by the owner (Model).
   ModelStats stats() const;

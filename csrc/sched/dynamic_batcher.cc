@@ -66,6 +66,8 @@ void DynamicBatcher::stop(bool drain) {
 
 void DynamicBatcher::enqueue(RequestPtr& request) {
   Request& r = *request;
+  Batch batch;
+  bool dispatch_now = false;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     MS_EXPECTS(accepting_, kUnavailable, config_.model, ": not accepting requests (shutting down)");
@@ -109,8 +111,17 @@ void DynamicBatcher::enqueue(RequestPtr& request) {
     queued_ += 1;
     queued_bytes_ += r.byte_size;
     queues_[r.level].push_back(std::move(request));
+    // See Note [Inline dispatch]: a batch due now goes from this thread; otherwise the batcher
+    // thread is woken only if it has a new timer to set (a delay to wait out on a free slot, or
+    // an earlier queue deadline). With every instance busy, the next free slot forms the batch.
+    Clock::time_point due;
+    if (sink_ != nullptr && take_due_locked(r.enqueue_time, batch, due)) {
+      dispatch_now = true;
+    } else if (std::min(r.deadline, due) < sleeping_until_) {
+      cv_.notify_one();
+    }
   }
-  cv_.notify_one();
+  if (dispatch_now) hand_off(batch);
 }
 
 bool DynamicBatcher::cancel(uint64_t request_id) {
@@ -137,25 +148,40 @@ bool DynamicBatcher::cancel(uint64_t request_id) {
 
 // Note [Inline dispatch]
 // ~~~~~~~~~~~~~~~~~~~~~~~
-// When an instance finishes a batch, the thread that freed the slot forms the next batch itself,
-// under the same rule and lock as the batcher thread, instead of waking that thread to do it: on
-// a busy model this removes one thread hand-off per batch. Both may now pop batches, and a popped
-// batch takes its slot only when dispatched, after the lock is released; `dispatching_` counts
-// those in between, so together they never pop more batches than there are free slots. Expiry,
-// delays and shutdown stay with the batcher thread, which is still woken when nothing is due.
+// A batch that is due is formed by whichever thread makes it due, under the one lock and rule:
+// the instance thread that frees a slot, or the submitting thread whose request arrives at a free
+// slot. Waking the batcher thread to do it would cost a thread hand-off per batch. A popped batch
+// takes its slot only when dispatched, after the lock is released; `dispatching_` counts those in
+// between, so the threads together never pop more batches than there are free slots, and a batch
+// that finds no instance (a resize to zero raced it) goes back to the front of the queue. The
+// batcher thread keeps the timers (queue delays, deadlines) and shutdown; others wake it only
+// when they bring a timer earlier than the one it sleeps on (`sleeping_until_`), so a request
+// arriving while every instance is busy costs no wake-up at all.
 void DynamicBatcher::notify() {
   Batch batch;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     Clock::time_point wake;
     if (sink_ == nullptr || !take_due_locked(Clock::now(), batch, wake)) {
-      cv_.notify_one();  // under the lock: ordered after the waiter's check
+      if (wake < sleeping_until_) cv_.notify_one();  // a delay to wait out; under the lock
       return;
     }
   }
-  sink_->dispatch(std::move(batch));
+  hand_off(batch);
+}
+
+void DynamicBatcher::hand_off(Batch& batch) {
+  const bool taken = sink_->dispatch(batch);
   std::lock_guard<std::mutex> lock(mutex_);
   dispatching_ -= 1;
+  if (!taken) {
+    // No instance left (a resize to zero raced the dispatch): back to the front, in order.
+    for (auto it = batch.requests.rbegin(); it != batch.requests.rend(); ++it) {
+      queued_ += 1;
+      queued_bytes_ += (*it)->byte_size;
+      queues_[std::min<size_t>((*it)->level, queues_.size() - 1)].push_front(std::move(*it));
+    }
+  }
   cv_.notify_one();  // more may be due, or the batcher's timer may need resetting
 }
 
@@ -332,17 +358,17 @@ void DynamicBatcher::run() {
     Clock::time_point due;
     if (take_due_locked(now, batch, due)) {
       lock.unlock();
-      sink_->dispatch(std::move(batch));
+      hand_off(batch);
       lock.lock();
-      dispatching_ -= 1;
       continue;
     }
-    const auto wake = std::min(next_deadline_, due);
-    if (wake == Clock::time_point::max()) {
+    sleeping_until_ = std::min(next_deadline_, due);
+    if (sleeping_until_ == Clock::time_point::max()) {
       cv_.wait(lock);
     } else {
-      cv_.wait_until(lock, wake);
+      cv_.wait_until(lock, sleeping_until_);
     }
+    sleeping_until_ = Clock::time_point{};  // awake: every change matters until it sleeps again
   }
 }
 

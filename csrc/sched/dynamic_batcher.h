@@ -36,8 +36,9 @@ class BatchSink {
   virtual ~BatchSink() = default;
   // Batches the sink would start now without queueing them behind others.
   virtual size_t free_slots() const = 0;
-  // Takes ownership of the batch.
-  virtual void dispatch(Batch&& batch) = 0;
+  // Takes the batch and returns true; returns false, leaving `batch` untouched, when there is no
+  // instance to take it (all were removed meanwhile): the batcher then queues it again.
+  virtual bool dispatch(Batch& batch) = 0;
 };
 
 // Note [Batch formation]
@@ -99,6 +100,8 @@ class DynamicBatcher {
   Formed form_locked(Clock::time_point now) const;
   Batch pop_locked(size_t count, Clock::time_point now);
   void expire_locked(Clock::time_point now, std::vector<RequestPtr>& expired);
+  // Dispatches a popped batch outside the lock; queues it again if the sink has no instance.
+  void hand_off(Batch& batch);
   // Pops a batch that is due now into `batch` (true), or tells when to look again (`wake`).
   bool take_due_locked(Clock::time_point now, Batch& batch, Clock::time_point& wake);
   bool compatible(const Request& a, const Request& b) const;
@@ -117,6 +120,9 @@ class DynamicBatcher {
   // Batches popped but not yet handed to the sink (they will take a slot free_slots() still
   // counts); guarded by mutex_. See Note [Inline dispatch].
   size_t dispatching_ = 0;
+  // When the batcher thread will next look by itself (max: only when woken; the epoch while it
+  // is awake); guarded by mutex_. Others wake it only for an earlier deadline or delay.
+  Clock::time_point sleeping_until_{};
   BatchSink* sink_ = nullptr;
   std::thread thread_;
 };

@@ -104,9 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="then in-flight requests get this long to finish")
     s.set_defaults(run=_serve)
 
+    from .batch import add_parser as add_batch_parser
     from .perf import add_parser as add_perf_parser
 
     add_perf_parser(sub)
+    add_batch_parser(sub)
     return parser
 
 
