@@ -171,7 +171,7 @@ def test_onnx_session_threads_from_parameters(ort, onnx, tmp_path):
 def test_onnx_default_threads_split_cpus_between_instances(ort, onnx, tmp_path, monkeypatch):
     from modelserve.backends import onnx as onnx_backend
 
-    monkeypatch.setattr(onnx_backend, "_usable_cpus", lambda: 8)
+    monkeypatch.setattr(onnx_backend, "usable_cpus", lambda: 8)
     save_identity(onnx, tmp_path, "FLOAT")
     for count, intra in ((1, 8), (3, 2), (16, 1)):
         b = backend("onnx", tmp_path, {"instances": {"count": count}})

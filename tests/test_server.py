@@ -1,7 +1,6 @@
 """``modelserve serve`` as a user runs it: a real process on free ports, driven by tritonclient."""
 
 import json
-import os
 import re
 import signal
 import subprocess

@@ -34,10 +34,10 @@ import numpy as np
 import pytest
 
 import modelserve
+from .test_runtime_throughput import REPOSITORY, bare_session, usable_cpus
 
 ort = pytest.importorskip("onnxruntime")
 
-REPOSITORY = Path(__file__).resolve().parents[2] / "examples" / "models"
 MODEL = "mlp"
 ROWS = int(os.environ.get("BATCH_BENCH_ROWS", "400000"))
 WIDTH = 256
@@ -45,35 +45,6 @@ BATCH = 64
 ROUNDS = 3
 TARGET = 0.90
 SLICE = 50_000  # rows generated at a time
-
-
-def usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def bare_session(rt: modelserve.Runtime, version: int):
-    """An InferenceSession with the options ``backends/onnx.py`` gives each instance."""
-    config = rt.model_config(MODEL, version)
-    parameters = config["parameters"]
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = parameters.get(
-        "intra_op_threads", max(1, usable_cpus() // config["instances"]["count"]))
-    options.inter_op_num_threads = parameters.get("inter_op_threads", 1)
-    if options.inter_op_num_threads > 1:
-        options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    spin = "1" if parameters.get("allow_spinning", False) else "0"  # the backend's default: off
-    for pool in ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning"):
-        options.add_session_config_entry(pool, spin)
-    providers: list = ["CPUExecutionProvider"]
-    if (config["instances"]["device"] != "cpu" and modelserve.cuda.is_available()
-            and "CUDAExecutionProvider" in ort.get_available_providers()):
-        providers.insert(0, "CUDAExecutionProvider")
-    path = REPOSITORY / MODEL / str(version) / "model.onnx"
-    return ort.InferenceSession(str(path), sess_options=options, providers=providers)
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +75,7 @@ def table(tables):
 def test_batch_throughput(dataset, table, bench_seed, tmp_path):
     with modelserve.Runtime(REPOSITORY, model_control_mode="explicit", load_models=[MODEL]) as rt:
         version = rt.resolve_version(MODEL)
-        session = bare_session(rt, version)
+        session = bare_session(rt, MODEL, version)
         x = np.load(dataset, mmap_mode="r")
         bare_out = np.empty((ROWS, 10), np.float32)
         in_flight = max(8, 4 * rt.model_config(MODEL, version)["instances"]["count"])  # run_batch's default

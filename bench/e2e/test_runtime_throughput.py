@@ -29,7 +29,6 @@ Time to READY: ``load_s + warmup_s`` of every version of every example model
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import statistics
 import threading
@@ -42,6 +41,7 @@ import numpy as np
 import pytest
 
 import modelserve
+from modelserve.backends.onnx import session_options, usable_cpus
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -65,27 +65,10 @@ def first_rows(inputs: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray
     return {name: np.ascontiguousarray(a[:rows]) for name, a in inputs.items()}
 
 
-def usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def bare_session(rt: modelserve.Runtime, model: str, version: int):
     """An InferenceSession with the options ``backends/onnx.py`` gives each instance."""
     config = rt.model_config(model, version)
-    parameters = config["parameters"]
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = parameters.get(
-        "intra_op_threads", max(1, usable_cpus() // config["instances"]["count"]))
-    options.inter_op_num_threads = parameters.get("inter_op_threads", 1)
-    if options.inter_op_num_threads > 1:
-        options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
-    spin = "1" if parameters.get("allow_spinning", False) else "0"  # the backend's default: off
-    for pool in ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning"):
-        options.add_session_config_entry(pool, spin)
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options = session_options(config["parameters"], config["instances"]["count"])
     providers: list = ["CPUExecutionProvider"]
     if (config["instances"]["device"] != "cpu" and modelserve.cuda.is_available()
             and "CUDAExecutionProvider" in ort.get_available_providers()):

@@ -80,20 +80,40 @@ def _ort() -> Any:
     return onnxruntime
 
 
-def _usable_cpus() -> int:
+def usable_cpus() -> int:
+    """CPUs this process may run on (affinity), else the machine's count."""
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not on Linux
         return os.cpu_count() or 1
 
 
-def _thread_parameter(ctx: Any, key: str, default: int) -> int:
-    value = ctx.parameters.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidArgumentError(
-            f"{ctx.label}: parameters.{key}: expected an integer >= 0 (0 = onnxruntime's default), got {value!r}"
-        )
-    return value
+def session_options(parameters: Any, instance_count: int = 1, label: str = "model") -> Any:
+    """The ``onnxruntime.SessionOptions`` an instance gets from config ``parameters`` (see the
+    module docstring); benchmarks build their bare sessions with it too, so they compare like
+    with like."""
+    ort = _ort()
+
+    def threads(key: str, default: int) -> int:
+        value = parameters.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InvalidArgumentError(
+                f"{label}: parameters.{key}: expected an integer >= 0 (0 = onnxruntime's default), got {value!r}"
+            )
+        return value
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads("intra_op_threads", max(1, usable_cpus() // instance_count))
+    options.inter_op_num_threads = threads("inter_op_threads", 1)
+    if options.inter_op_num_threads > 1:
+        options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+    spin = parameters.get("allow_spinning", False)
+    if not isinstance(spin, bool):
+        raise InvalidArgumentError(f"{label}: parameters.allow_spinning must be true or false, got {spin!r}")
+    for pool in ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning"):
+        options.add_session_config_entry(pool, "1" if spin else "0")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
 
 
 def _open(ort: Any, path: Path, options: Any, providers: list) -> Any:
@@ -158,18 +178,7 @@ class OnnxBackend(Backend):
         ctx = self.context
         path = ctx.version_dir / self.model_file
 
-        options = ort.SessionOptions()
-        default_intra = max(1, _usable_cpus() // ctx.config.instances.count)
-        options.intra_op_num_threads = _thread_parameter(ctx, "intra_op_threads", default_intra)
-        options.inter_op_num_threads = _thread_parameter(ctx, "inter_op_threads", 1)
-        if options.inter_op_num_threads > 1:
-            options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
-        spin = ctx.parameters.get("allow_spinning", False)
-        if not isinstance(spin, bool):
-            raise InvalidArgumentError(f"{ctx.label}: parameters.allow_spinning must be true or false, got {spin!r}")
-        for pool in ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning"):
-            options.add_session_config_entry(pool, "1" if spin else "0")
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options = session_options(ctx.parameters, ctx.config.instances.count, ctx.label)
 
         providers: list = ["CPUExecutionProvider"]
         if ctx.device.startswith("cuda"):

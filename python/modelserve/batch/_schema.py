@@ -12,11 +12,14 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import InvalidArgumentError
+
+if TYPE_CHECKING:
+    from ._readers import RawChunk
 
 __all__ = ["InputError", "InputBinding", "IdColumn", "numpy_dtype", "bind_inputs", "convert_chunk"]
 
