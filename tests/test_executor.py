@@ -238,3 +238,29 @@ def test_blocking_wait_can_time_out(held):
         assert time.monotonic() - t0 < 5
         held.release()
         assert p.wait(10)
+
+
+def test_interpreter_exit_with_work_queued_is_clean(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    script = tmp_path / "exit.py"
+    script.write_text(textwrap.dedent("""
+        import time
+        import numpy as np
+        import modelserve
+
+        class Slow:
+            def execute(self, inputs):
+                time.sleep(0.05)
+                return {"Y": inputs["X"]}
+
+        engine = modelserve.ModelEngine("m", Slow(), max_batch_size=1, instance_count=2)
+        pending = [engine.submit({"X": np.ones((1, 3), np.float32)}) for _ in range(50)]
+        time.sleep(0.1)
+        print("exiting")  # without closing the engine, batches running and queued
+    """))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "exiting"

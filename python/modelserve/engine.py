@@ -17,6 +17,7 @@ for each instance.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import itertools
 import weakref
 from collections.abc import Iterable, Mapping
@@ -93,6 +94,18 @@ class AsyncRequest:
         return self.pending.outputs(as_numpy=as_numpy)
 
 
+# Engines still open when the interpreter exits are shut down by an atexit hook, while Python is
+# fully alive: after that, instance threads running a Python backend could not take the GIL (the
+# interpreter ends threads that try to during finalisation) and the process would crash on exit.
+_open_engines: "weakref.WeakSet[ModelEngine]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_engines() -> None:
+    for engine in list(_open_engines):
+        engine.close(drain=False)
+
+
 class ModelEngine:
     """A model version's dynamic batcher and instances in the native core."""
 
@@ -128,6 +141,7 @@ class ModelEngine:
             max_batch_size=max_batch_size,
             **batching,
         )
+        _open_engines.add(self)
 
     # --- requests -------------------------------------------------------------------------------
     def submit(
@@ -242,6 +256,7 @@ class ModelEngine:
     def close(self, drain: bool = True) -> None:
         """Stops taking requests; with ``drain`` runs those queued, else fails them (UNAVAILABLE)."""
         self._model.shutdown(drain)
+        _open_engines.discard(self)
 
     def __enter__(self) -> "ModelEngine":
         return self
