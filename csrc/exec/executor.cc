@@ -279,14 +279,16 @@ void Executor::run_batch_on_device(Instance& inst, Batch& batch) {
   Status failure;
   const auto start = Clock::now();
   auto t0 = start;
+  // Declared out here so that, on failure, they outlive the stream synchronisation below: the
+  // device may still be reading them.
+  TensorList host_inputs, inputs;
   try {
     if (!job.events) job.events = std::make_unique<EventSet>(inst.device.id);
     const StreamView h2d = inst.h2d->view(), compute = inst.compute->view(), d2h = inst.d2h->view();
     auto device = device_pool(inst.device.id);
     auto pinned = pinned_pool();
     // Gather on the host into pinned memory, then one asynchronous copy per input.
-    TensorList host_inputs = gather_inputs(batch, pinned, {});
-    TensorList inputs;
+    host_inputs = gather_inputs(batch, pinned, {});
     for (auto& in : host_inputs) {
       Tensor t = in.tensor.device().kind == DeviceKind::kCuda ? in.tensor : copy_to(in.tensor, device, h2d);
       inputs.push_back({in.name, std::move(t)});
@@ -312,6 +314,12 @@ void Executor::run_batch_on_device(Instance& inst, Batch& batch) {
   } catch (const std::exception& e) {
     failure = status_of(e, where(inst));
     t0 = job.infer_end = Clock::now();
+    try {  // a rare path: wait for whatever was enqueued before the buffers go back to the pools
+      inst.h2d->synchronize();
+      inst.compute->synchronize();
+      inst.d2h->synchronize();
+    } catch (const Error&) {
+    }
   }
   job.timings.compute_input_ns = elapsed_ns(start, t0);
   job.timings.compute_infer_ns = elapsed_ns(t0, job.infer_end);
