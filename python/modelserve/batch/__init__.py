@@ -85,6 +85,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .._cli import standalone_main
 from ._job import BatchResult, run_batch
 from ._progress import Progress
 from ._schema import InputError
@@ -159,14 +160,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``modelserve batch`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
-    parser = argparse.ArgumentParser(prog="modelserve batch", description=_DESCRIPTION, epilog=_EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # --help, or an option argparse rejected (it printed why)
-        return e.code if isinstance(e.code, int) else 2
-    return _run_command(args)
+    return standalone_main("modelserve batch", _DESCRIPTION, _EPILOG, add_arguments, _run_command, argv)
 
 
 def _error(message: str) -> None:

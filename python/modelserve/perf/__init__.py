@@ -27,6 +27,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from .._cli import standalone_main
 from ._model import SetupError
 from ._options import UsageError, add_arguments, check_arguments
 
@@ -53,15 +54,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``modelserve perf`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
-    parser = argparse.ArgumentParser(prog="modelserve perf", description=_DESCRIPTION,
-                                     epilog=_EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # --help, or an option argparse rejected (it printed why)
-        return e.code if isinstance(e.code, int) else 2
-    return _run_command(args)
+    return standalone_main("modelserve perf", _DESCRIPTION, _EPILOG, add_arguments, _run_command, argv)
 
 
 def _error(message: str) -> None:
