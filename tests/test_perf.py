@@ -14,11 +14,11 @@ import json
 import re
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import LoopThread
 
 from modelserve import perf
 from modelserve.perf._load import StepResult
@@ -39,23 +39,6 @@ def _load_bare_servicer():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-class LoopThread:
-    """An asyncio loop in a daemon thread, for servers that share the test's process."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def call(self, coro, timeout: float = 10):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.loop.close()
 
 
 @pytest.fixture(scope="module")
@@ -83,13 +66,13 @@ def inprocess_servicer():
     servers = []
 
     def start(**kwargs) -> str:
-        server, port = loop.call(bare.start(0, **kwargs))
+        server, port = loop.run(bare.start(0, **kwargs))
         servers.append(server)
         return f"127.0.0.1:{port}"
 
     yield start
     for server in servers:
-        loop.call(server.stop(None))
+        loop.run(server.stop(None))
     loop.close()
 
 
@@ -182,13 +165,13 @@ def http_echo():
 
     def start(inputs, delay=0.0):
         server = EchoHTTP(inputs, delay)
-        port = loop.call(server.start())
+        port = loop.run(server.start())
         started.append(server)
         return server, f"127.0.0.1:{port}"
 
     yield start
     for server in started:
-        loop.call(server.runner.cleanup())
+        loop.run(server.runner.cleanup())
     loop.close()
 
 

@@ -50,7 +50,6 @@ copy executes only batches of 1.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import random
@@ -72,7 +71,7 @@ import pytest
 
 import modelserve
 
-from .test_runtime_throughput import REPOSITORY, bare_session, run_async, usable_cpus
+from .test_runtime_throughput import REPOSITORY, bare_session, loop, run_async, usable_cpus  # noqa: F401 (loop: a fixture)
 
 ort = pytest.importorskip("onnxruntime")
 grpcclient = pytest.importorskip("tritonclient.grpc")
@@ -322,13 +321,6 @@ def run_perf(url: str, model: str, protocol: str, sweep: str, levels: tuple[int,
 def rt():
     with modelserve.Runtime(REPOSITORY) as runtime:
         yield runtime
-
-
-@pytest.fixture(scope="module")
-def loop():
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
 
 
 @pytest.fixture(scope="module")
