@@ -64,6 +64,8 @@ def _serve(args: argparse.Namespace) -> int:
         model_control_mode=args.model_control_mode,
         poll_interval=args.poll_interval,
         load_models=args.load_model,
+        memory_budget=args.memory_budget,
+        memory_evict=args.memory_evict,
     )
     return server.run()
 
@@ -102,13 +104,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after SIGTERM: not ready at once; new requests refused after this long")
     s.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="then in-flight requests get this long to finish")
+    s.add_argument("--memory-budget", metavar="DEVICE=SIZE,...",
+                   help="cap on what model instances hold per device, e.g. cpu=8GiB,cuda:0=20GiB")
+    s.add_argument("--memory-evict", action="store_true",
+                   help="past the budget, release idle models' instances (least recently used first)")
     s.set_defaults(run=_serve)
 
     from .batch import add_parser as add_batch_parser
     from .perf import add_parser as add_perf_parser
 
+    from .settings_cli import add_parser as add_settings_parser
+
     add_perf_parser(sub)
     add_batch_parser(sub)
+    add_settings_parser(sub)
     return parser
 
 

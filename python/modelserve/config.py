@@ -11,7 +11,7 @@ Keys and defaults (``config.yaml`` may be absent: every key then takes its defau
     inputs: []                      # [{name, datatype, shape}]; default: from the model (onnx)
     outputs: []
     dynamic_batching: null          # absent = no queue delay; see DynamicBatchingConfig
-    instances: {count: 1, device: auto}
+    instances: {count: 1, device: auto}   # + min, max, target, ... (autoscaling)
     version_policy: {latest: 1}     # or {all: true} or {specific: [1, 3]}
     labels: {}                      # {stable: 1}: names usable wherever a version number is
     keep_previous_versions: 1       # superseded versions kept loaded for instant rollback
@@ -109,8 +109,29 @@ class DynamicBatchingConfig(_Strict):
 
 
 class InstancesConfig(_Strict):
-    count: int = Field(default=1, ge=1)
+    """Instances of each version; ``min``/``max`` and the rest drive autoscaling (the README's
+    "Autoscaling" and Note [Autoscaling rule] in modelserve/autoscale.py)."""
+
+    count: int = Field(default=1, ge=1)  # at load; default min when min is given
     device: Literal["auto", "cpu", "gpu"] = "auto"
+    min: int | None = Field(default=None, ge=1)  # default: count
+    max: int | None = Field(default=None, ge=1)  # default: count (min when larger)
+    target: float | None = Field(default=None, gt=0)  # queued + in-flight per instance; default max(1, max_batch_size)
+    window_s: float = Field(default=10.0, gt=0)
+    upscale_delay_s: float = Field(default=5.0, ge=0)
+    downscale_delay_s: float = Field(default=60.0, ge=0)
+    tolerance: float = Field(default=0.1, ge=0, lt=1)
+    scale_to_zero_after_s: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "InstancesConfig":
+        if "count" not in self.model_fields_set and self.min is not None:
+            self.count = self.min  # {min: 2, max: 4} starts with 2
+        lo = self.min if self.min is not None else self.count
+        hi = self.max if self.max is not None else max(self.count, lo)
+        if not lo <= self.count <= hi:
+            raise ValueError(f"min <= count <= max; got min={lo}, count={self.count}, max={hi}")
+        return self
 
 
 class VersionPolicy(_Strict):

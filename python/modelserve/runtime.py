@@ -19,6 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from . import settings as _settings
+from .admission import with_retry_hint
+from .autoscale import AutoscaleController
+from .errors import ResourceExhaustedError
+from .memory_budget import MemoryBudget
 from .repository import ModelRepository
 from .repository.repository import ControlMode
 
@@ -34,6 +39,11 @@ class Runtime:
     ``load_models`` and then what :meth:`load_model` asks for; ``"poll"`` loads everything and
     rescans every ``poll_interval`` seconds. ``version`` arguments take a number, a label
     (``"stable"``), ``"latest"`` or None (the model's default version).
+
+    ``memory_budget`` (``"cpu=2GiB"`` or ``{"cpu": "2GiB"}``) caps what model instances hold per
+    device; ``memory_evict`` lets a load or scale-up evict idle models, least recently used first
+    (Note [Memory budget]). ``autoscale_tick_s`` is how often the autoscaler looks (Note
+    [Autoscaling rule]).
     """
 
     def __init__(
@@ -44,10 +54,16 @@ class Runtime:
         poll_interval: float = 5.0,
         load_models: Iterable[str] = (),
         start: bool = True,
+        memory_budget: str | Mapping[str, int | str] | None = None,
+        memory_evict: bool = False,
+        autoscale_tick_s: float = 0.5,
     ) -> None:
         self.repository = ModelRepository(
             repository, control_mode=model_control_mode, poll_interval=poll_interval, load_models=list(load_models)
         )
+        if memory_budget:
+            self.repository.budget = MemoryBudget(memory_budget, evict=memory_evict)
+        self.autoscaler = AutoscaleController(self.repository, tick_s=autoscale_tick_s)
         self._closed = False
         self._started = False
         if start:
@@ -59,6 +75,7 @@ class Runtime:
         if not self._started:
             self._started = True
             self.repository.start()
+            self.autoscaler.start()
 
     # --- inference ------------------------------------------------------------------------------
     def infer(
@@ -90,7 +107,10 @@ class Runtime:
         """Enqueues a request; returns a handle with ``wait()``, ``outputs()``, ``cancel()``."""
         with self.repository.get(model).route(version) as mv:
             assert mv.engine is not None
-            return mv.engine.submit(inputs, outputs=outputs, priority=priority, timeout_us=timeout_us)
+            try:
+                return mv.engine.submit(inputs, outputs=outputs, priority=priority, timeout_us=timeout_us)
+            except ResourceExhaustedError as e:
+                raise with_retry_hint(e, mv)
 
     async def infer_async(
         self,
@@ -106,7 +126,10 @@ class Runtime:
         """:meth:`infer` for asyncio; cancelling the task removes a still-queued request."""
         with self.repository.get(model).route(version) as mv:
             assert mv.engine is not None
-            request = mv.engine.submit_async(inputs, outputs=outputs, priority=priority, timeout_us=timeout_us)
+            try:
+                request = mv.engine.submit_async(inputs, outputs=outputs, priority=priority, timeout_us=timeout_us)
+            except ResourceExhaustedError as e:
+                raise with_retry_hint(e, mv)
         return await request.outputs(as_numpy=as_numpy)
 
     def run_batch(self, model: str, input: str | Path, output: str | Path, **options: Any) -> Any:
@@ -171,7 +194,8 @@ class Runtime:
             ]
             for mv in versions:
                 if mv.engine is not None:
-                    out.append({"name": name, "version": str(mv.version), **mv.engine.stats()})
+                    out.append({"name": name, "version": str(mv.version), **mv.engine.stats(),
+                                "memory": dict(mv.memory), "scaling": mv.scaling_state()})
         return out
 
     def model_versions(self, model: str) -> dict[str, Any]:
@@ -200,10 +224,39 @@ class Runtime:
     def set_label(self, model: str, label: str, version: int) -> None:
         self.repository.get(model).set_label(label, version)
 
+    # --- runtime settings (no reload; see modelserve/settings.py) --------------------------------
+    def settings(self, model: str, version: Version = None) -> dict[str, Any]:
+        """A version's live settings: instances (count, autoscaling bounds, saturation) and
+        dynamic batching."""
+        return _settings.describe(self.repository.get(model).lookup(version))
+
+    def update_settings(
+        self, model: str, version: Version = None, *, instances: Mapping[str, Any] | None = None,
+        dynamic_batching: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Applies a settings change (both sections checked first); returns the settings now."""
+        mv = self.repository.get(model).lookup(version)
+        return _settings.update(mv, instances=instances, dynamic_batching=dynamic_batching)
+
+    def set_batching(self, model: str, version: Version = None, **settings: Any) -> dict[str, Any]:
+        """Changes dynamic batching settings (queue delay, queue limits, timeouts, priorities)
+        of a serving version at once, losing no request; returns the settings now."""
+        return self.update_settings(model, version, dynamic_batching=settings)
+
+    def set_instances(
+        self, model: str, version: Version = None, *, count: int | None = None, min: int | None = None,
+        max: int | None = None,
+    ) -> dict[str, Any]:
+        """Sets the instance count now and/or the autoscaling bounds of a serving version;
+        returns the settings now."""
+        instances = {k: v for k, v in (("count", count), ("min", min), ("max", max)) if v is not None}
+        return self.update_settings(model, version, instances=instances)
+
     def close(self) -> None:
         """Stops taking requests, finishes those queued, and unloads every model."""
         if not self._closed:
             self._closed = True
+            self.autoscaler.close()
             self.repository.close()
 
     def __enter__(self) -> "Runtime":

@@ -104,6 +104,8 @@ def scan_repository(root: Path) -> dict[str, ModelDir]:
 class ManagedModel:
     """All versions of one model, its routing (default version and labels), and its swaps."""
 
+    budget = None  # the repository's MemoryBudget, if any (Note [Memory budget])
+
     def __init__(self, name: str, path: Path) -> None:
         self.name = name
         self.path = path
@@ -224,7 +226,7 @@ class ManagedModel:
                     continue
                 try:
                     backend = config.backend or infer_backend(self.path / str(v))
-                    mv = ModelVersion(self.name, v, self.path / str(v), config, backend)
+                    mv = ModelVersion(self.name, v, self.path / str(v), config, backend, budget=self.budget)
                 except ModelserveError as e:
                     errors.append(str(e))
                     continue
@@ -321,6 +323,8 @@ class ModelRepository:
       versions and models, unloads removed ones and reloads changed configs (Note [Half-written
       versions] for what "new" means).
     """
+
+    budget = None  # a MemoryBudget shared by every version (set by the Runtime), or None
 
     def __init__(
         self,
@@ -447,6 +451,7 @@ class ModelRepository:
             return e.errors
         with self._lock:
             model = self.models.get(d.name) or ManagedModel(d.name, d.path)
+            model.budget = self.budget
         errors = model.sync(config, d.versions, reload=reload)
         with self._lock:
             if model.versions:

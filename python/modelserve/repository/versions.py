@@ -19,6 +19,7 @@ import enum
 import logging
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,11 +27,13 @@ from typing import Any
 import numpy as np
 
 from .. import cuda
+from ..autoscale import Scaler, ScaleEvent, ScalingPolicy
 from ..backends import Backend, BackendContext, get as get_backend
 from ..backends import python as python_backend
 from ..config import ModelConfig, TensorConfig
 from ..engine import ModelEngine
-from ..errors import InternalError, InvalidArgumentError
+from ..errors import InternalError, InvalidArgumentError, UnavailableError
+from ..memory_budget import MemoryBudget, folder_bytes, rss_bytes
 from ..tensor import Tensor
 
 __all__ = ["VersionState", "Transition", "ModelVersion", "resolve_io", "TRANSITIONS"]
@@ -136,7 +139,9 @@ def warmup_inputs(spec: TensorConfig, rows: int | None, data: str, rng: np.rando
 class ModelVersion:
     """A loaded (or loading, or failed) version of a model; see Note [Version lifecycle]."""
 
-    def __init__(self, name: str, version: int, path: Path, config: ModelConfig, backend: str) -> None:
+    def __init__(
+        self, name: str, version: int, path: Path, config: ModelConfig, backend: str, budget: MemoryBudget | None = None
+    ) -> None:
         self.name = name
         self.version = version
         self.path = path
@@ -147,10 +152,22 @@ class ModelVersion:
         self.engine: ModelEngine | None = None
         self.phases: dict[str, float] = {}
         self.history: list[Transition] = [Transition(S.LOADING, time.time(), "")]
-        self._backends: list[Backend] = []
+        self._backends: list[Backend] = []  # guarded by _lock: the live instances' backends
+        self._instances: weakref.WeakSet[_Instance] = weakref.WeakSet()  # guarded by _lock
         self._lock = threading.Condition()
         self._submitting = 0  # guarded by _lock: requests between route() and their enqueue
-        log.info("model '%s' version %d: LOADING from %s", name, version, path)
+        # Autoscaling and memory (Note [Autoscaling rule], Note [Memory budget]).
+        self.budget = budget
+        self.device = "cpu"
+        self.scaling = ScalingPolicy.from_config(config.instances, config.max_batch_size)
+        self.scaler = Scaler(self.scaling)
+        self.instances = 0  # guarded by _lock (written under _scale_lock too); read unlocked on the hot path
+        self.last_used = time.monotonic()
+        self.memory: dict[str, int] = {}  # footprint: weights_bytes, measured_bytes, per_instance_bytes
+        self.scale_events: dict[str, int] = {"up": 0, "down": 0, "to_zero": 0, "cold_start": 0}
+        self.last_cold_start_s: float | None = None
+        self._scale_lock = threading.Lock()  # one change of the instance count at a time
+        self._waking = False  # guarded by _lock: a cold start is under way        log.info("model '%s' version %d: LOADING from %s", name, version, path)
 
     # --- state ----------------------------------------------------------------------------------
     @property
@@ -198,6 +215,12 @@ class ModelVersion:
                 device = "cuda:0" if cuda.is_available() else "cpu"
             elif device == "gpu":
                 device = "cuda:0"
+            self.device = device
+            weights = folder_bytes(self.path)
+            self.memory = {"weights_bytes": weights, "per_instance_bytes": weights}
+            if self.budget is not None:
+                self.budget.reserve(self, device, weights * cfg.instances.count, f"{self.label} (estimated from its files)")
+            rss0 = rss_bytes()
             self.engine = ModelEngine(
                 self.name,
                 lambda instance, dev: self._make_backend(backend, instance, dev),
@@ -214,6 +237,8 @@ class ModelVersion:
             t1 = time.monotonic()
             self._warmup()
             self.phases["warmup_s"] = time.monotonic() - t1
+            self.instances = cfg.instances.count
+            self._measure(rss_bytes() - rss0)
             self._move(S.READY)
             return self
         except BaseException as e:
@@ -222,13 +247,35 @@ class ModelVersion:
             self._move(S.FAILED, reason)
             raise
 
-    def _make_backend(self, cls: type[Backend], instance: int, device: str) -> Backend:
+    def _make_backend(self, cls: type[Backend], instance: int, device: str) -> "_Instance":
         ctx = BackendContext(self.name, self.version, self.path, self.config, device=device, instance=instance)
         backend = cls(ctx)
         backend.load()
+        handle = _Instance(backend, f"{self.label} instance {instance}", self._forget_backend)
         with self._lock:
             self._backends.append(backend)
-        return backend
+            self._instances.add(handle)
+        return handle
+
+    def _forget_backend(self, backend: Backend) -> None:
+        with self._lock:
+            if backend in self._backends:
+                self._backends.remove(backend)
+
+    def _measure(self, grown: int) -> None:
+        """Records the measured footprint (Note [Memory budget]) and charges it; a load whose
+        measured footprint does not fit the budget fails."""
+        count = max(1, self.instances)
+        per_instance = max(self.memory["weights_bytes"], grown // count, 1)
+        self.memory.update(measured_bytes=max(0, grown), per_instance_bytes=per_instance)
+        if self.budget is None:
+            return
+        estimated = self.memory["weights_bytes"] * count
+        extra = per_instance * count - estimated
+        if extra > 0:
+            self.budget.reserve(self, self.device, extra, f"{self.label} (measured after load and warmup)")
+        else:
+            self.budget.charge(self, self.device, per_instance * count)
 
     def _warmup(self) -> None:
         cfg = self.config
@@ -266,11 +313,16 @@ class ModelVersion:
 
     # --- serving --------------------------------------------------------------------------------
     def enter(self) -> bool:
-        """Admits one request on its way into the queue; False unless READY."""
+        """Admits one request on its way into the queue; False unless READY. A version scaled to
+        zero starts a cold start here (the request waits in the queue meanwhile)."""
         with self._lock:
             if self.state is not S.READY:
                 return False
             self._submitting += 1
+            self.last_used = time.monotonic()
+            if self.instances == 0 and not self._waking:
+                self._waking = True
+                threading.Thread(target=self._cold_start, name="modelserve-cold-start", daemon=True).start()
             return True
 
     def leave(self) -> None:
@@ -291,13 +343,168 @@ class ModelVersion:
 
     def _release(self, drain: bool) -> None:
         if self.engine is not None:
-            self.engine.close(drain=drain)
+            with self._scale_lock:  # no scaling after this
+                self.engine.close(drain=drain)
         with self._lock:
-            backends, self._backends = self._backends, []
-        for b in backends:
-            try:
-                b.unload()
-            except Exception:  # an unload failure must not stop the others
-                log.exception("%s: backend unload failed", self.label)
+            handles, self._instances = list(self._instances), weakref.WeakSet()
+            self.instances = 0
+        for h in handles:
+            h.close()
+        if self.budget is not None:
+            self.budget.release(self)
         if self.backend_name == "python":
             python_backend.forget_module(self.path)
+
+    # --- instances: autoscaling, cold starts, eviction (Note [Autoscaling rule]) ---------------
+    def scale(self, count: int, reason: str, *, direction: str | None = None, blocking: bool = True) -> bool:
+        """Sets the instance count while serving (queued requests wait, none are lost); reserves
+        memory first when growing. Returns False when the version is not READY (any more) or a
+        scale-to-zero found a request on its way in. Raises ResourceExhaustedError when the
+        memory budget refuses the growth. ``blocking=False`` gives up (False) when another change
+        is under way: an eviction must not wait for a version that may be evicting in turn."""
+        if count < 0:
+            raise InvalidArgumentError(f"{self.label}: instance count must be >= 0, got {count}")
+        if not self._scale_lock.acquire(blocking):
+            return False
+        try:
+            return self._scale_locked(count, reason, direction)
+        finally:
+            self._scale_lock.release()
+
+    def _scale_locked(self, count: int, reason: str, direction: str | None) -> bool:
+        with self._lock:
+            old = self.instances
+            if self.state is not S.READY or self.engine is None or count == old:
+                return False
+            if count == 0 and self._submitting:
+                return False  # a request is entering: it would wait for a cold start
+            if count < old:
+                self.instances = count  # requests arriving from now on see it (cold start at 0)
+        if count > old and self.budget is not None:
+            try:
+                self.budget.reserve(self, self.device, (count - old) * self.memory["per_instance_bytes"],
+                                    f"{self.label} scaling {old} -> {count} instances")
+            except Exception:
+                with self._lock:
+                    self.instances = old
+                raise
+        try:
+            self.engine.set_instance_count(count)
+        except Exception:
+            with self._lock:
+                self.instances = self.engine.instance_count
+            raise
+        with self._lock:
+            self.instances = count
+        if self.budget is not None:
+            self.budget.charge(self, self.device, count * self.memory["per_instance_bytes"])
+        kind = direction or ("to_zero" if count == 0 else "up" if count > old else "down")
+        self.scale_events[kind] = self.scale_events.get(kind, 0) + 1
+        log.info("%s: instances %d -> %d (%s)", self.label, old, count, reason)
+        return True
+
+    def autoscale_tick(self, now: float) -> ScaleEvent | None:
+        """One autoscaling round: observes the load and applies the Scaler's decision."""
+        engine = self.engine
+        if engine is None or self.state is not S.READY:
+            return None
+        st = engine.stats()
+        requests = st["success_count"] + st["failure_count"]
+        event = self.scaler.observe(now, st["queued"], st["in_flight"], self.instances, requests)
+        if event is None or not self.scaling.enabled:
+            return None
+        if event.old == 0:
+            self._cold_start()
+            return event
+        try:
+            return event if self.scale(event.new, event.reason) else None
+        except Exception as e:  # the budget refused, or the version went away meanwhile
+            log.warning("%s: cannot scale %d -> %d: %s", self.label, event.old, event.new, e)
+            return None
+
+    def _cold_start(self) -> None:
+        t0 = time.monotonic()
+        try:
+            target = max(self.scaling.min, 1)
+            if self.scale(target, "cold start", direction="cold_start"):
+                self.last_cold_start_s = time.monotonic() - t0
+                log.info("%s: cold start took %.3f s", self.label, self.last_cold_start_s)
+        except Exception as e:
+            # Requests wait in the queue until their deadline; the next tick tries again.
+            log.error("%s: cold start failed: %s", self.label, e)
+        finally:
+            with self._lock:
+                self._waking = False
+
+    def idle(self) -> bool:
+        """Nothing queued, running or on its way in (an eviction candidate)."""
+        engine = self.engine
+        if engine is None or self.instances == 0 or self._submitting:
+            return False
+        st = engine.stats()
+        return st["queued"] == 0 and st["in_flight"] == 0
+
+    def evict(self, reason: str) -> None:
+        """Releases every instance (the memory budget needs the room); stays READY and cold-starts
+        on the next request."""
+        if not self.scale(0, reason, direction="evicted", blocking=False):
+            raise UnavailableError(f"{self.label}: cannot evict now (busy or not READY)")
+
+    def set_scaling(self, count: int | None = None, min: int | None = None, max: int | None = None) -> None:
+        """Changes the autoscaling bounds and/or the instance count now (runtime settings)."""
+        policy = self.scaling.with_bounds(self.label, min, max)
+        if count is not None and count != 0 and not policy.min <= count <= policy.max:
+            raise InvalidArgumentError(
+                f"{self.label}: instance count {count} is outside [min={policy.min}, max={policy.max}]"
+            )
+        self.scaling = policy
+        self.scaler.reset(policy)
+        if count is not None:
+            self.scale(count, "set by the operator")
+        elif self.instances and not policy.min <= self.instances <= policy.max:
+            self.scale(policy.clamp(self.instances), f"bounds now [{policy.min}, {policy.max}]")
+
+    def scaling_state(self) -> dict[str, Any]:
+        p = self.scaling
+        return {
+            "count": self.instances,
+            "min": p.min,
+            "max": p.max,
+            "target": p.target,
+            "window_s": p.window_s,
+            "upscale_delay_s": p.upscale_delay_s,
+            "downscale_delay_s": p.downscale_delay_s,
+            "tolerance": p.tolerance,
+            "scale_to_zero_after_s": p.scale_to_zero_after_s,
+            "autoscaling": p.enabled,
+            "saturation": self.scaler.saturation,
+            "scale_events": dict(self.scale_events),
+            "last_cold_start_s": self.last_cold_start_s,
+        }
+
+
+class _Instance:
+    """What the core holds for one instance: the backend's ``execute``, and the backend's
+    ``unload()`` run when the core lets the instance go (a scale-down retired it, or the engine
+    closed), so retired instances give their memory back."""
+
+    __slots__ = ("execute", "_backend", "_label", "_forget", "__weakref__")
+
+    def __init__(self, backend: Backend, label: str, forget: Any) -> None:
+        self.execute = backend.execute
+        self._backend: Backend | None = backend
+        self._label = label
+        self._forget = forget
+
+    def close(self) -> None:
+        backend, self._backend = self._backend, None
+        self.execute = None
+        if backend is not None:
+            self._forget(backend)
+            try:
+                backend.unload()
+            except Exception:  # an unload failure must not stop the others
+                log.exception("%s: backend unload failed", self._label)
+
+    def __del__(self) -> None:
+        self.close()

@@ -72,6 +72,8 @@ class Server:
         model_control_mode: str = "none",
         poll_interval: float = 5.0,
         load_models: list[str] | tuple[str, ...] = (),
+        memory_budget: str | None = None,
+        memory_evict: bool = False,
     ) -> None:
         from .grpc import GrpcFrontend
         from .http import HttpFrontend
@@ -83,6 +85,8 @@ class Server:
             poll_interval=poll_interval,
             load_models=load_models,
             start=False,
+            memory_budget=memory_budget,
+            memory_evict=memory_evict,
         )
         self.health = Health(self.runtime, self.options.required_models)
         self.metrics = Metrics(self.runtime)

@@ -94,6 +94,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from .._proto import inference_pb2 as pb
 from .._version import __version__
+from ..admission import RETRY_PUSHBACK_KEY
 from ..errors import (
     InternalError,
     InvalidArgumentError,
@@ -570,6 +571,7 @@ class GrpcFrontend:
 
     # --- inference ------------------------------------------------------------------------------
     async def _model_infer(self, call: _InferCall | _Refused, context: grpc.aio.ServicerContext) -> Any:
+        trailers: tuple[tuple[str, str], ...] = ()
         try:
             self._authorize(context, "inference", "ModelInfer")
             self.health.check_accepting()
@@ -578,10 +580,13 @@ class GrpcFrontend:
             return await self._infer(call, context.time_remaining())
         except ModelserveError as e:
             code, message = grpc.StatusCode[e.grpc_code], str(e)
+            retry_after = getattr(e, "retry_after_s", None)  # Note [Admission control]
+            if retry_after is not None:
+                trailers = ((RETRY_PUSHBACK_KEY, str(max(1, round(retry_after * 1000)))),)
         except Exception as e:
             log.exception("ModelInfer failed")
             code, message = grpc.StatusCode.INTERNAL, f"ModelInfer: internal error: {type(e).__name__}: {e}"
-        await context.abort(code, message)
+        await context.abort(code, message, trailers)
 
     async def _model_stream_infer(self, requests: Any, context: grpc.aio.ServicerContext) -> None:
         try:

@@ -73,6 +73,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.routing import Route
 
 from .._version import __version__
+from ..admission import DEADLINE_HEADER, header_deadline_us
 from ..errors import InternalError, InvalidArgumentError, ModelserveError, NotFoundError, UnimplementedError
 from ..tensor import Tensor
 from .common import (
@@ -86,6 +87,7 @@ from .common import (
     tensor_values,
 )
 from .health import Health
+from .settings_routes import settings_routes
 
 __all__ = ["create_app", "HttpFrontend"]
 
@@ -660,6 +662,9 @@ class _Api:
             req = _raw_request(body, self.runtime.model_metadata(model, version), batched, what)
         else:
             req = _decode_infer(body, header_length, what)
+        deadline_us = header_deadline_us(request.headers.get(DEADLINE_HEADER), what)
+        if deadline_us is not None:  # the earlier of the header and the timeout parameter wins
+            req.options["timeout_us"] = min(req.options.get("timeout_us") or deadline_us, deadline_us)
         # The version (number, label or default) is resolved to a number first: that number is
         # what runs and what the response reports, whatever swap happens meanwhile.
         number = self.runtime.resolve_version(model, version)
@@ -709,6 +714,9 @@ def _endpoint(handler: Callable[[Request], Any], check: Callable[[Request], None
             if e.http_status == 500:  # a backend raised: worth a line; refusals are the client's
                 log.warning("%s %s: %s", request.method, request.url.path, e)
             headers = {"Connection": "close"} if e.http_status == 413 else None
+            retry_after = getattr(e, "retry_after_s", None)  # Note [Admission control]
+            if retry_after is not None:
+                headers = {"Retry-After": str(max(1, math.ceil(retry_after)))}
             return _error_reply(e.http_status, str(e), headers)
         except asyncio.CancelledError:
             # Only uvicorn cancels handlers: stop() when its grace period is over. The queued
@@ -777,6 +785,8 @@ def create_app(runtime: Any, options: ServerOptions, health: Health, metrics: An
                           ("/v2/logging", "log settings")):
         routes.append(route(path, _unsupported(feature), ["GET", "POST"], meta_auth))
 
+    routes += [route(path, handler, methods, admin_auth if "PATCH" in methods else meta_auth)
+               for path, handler, methods in settings_routes(runtime)]
     app = Starlette(routes=routes, exception_handlers={HTTPException: _route_error})
     app.router.redirect_slashes = False  # /v2/ is an unknown route, not a redirect
     return app

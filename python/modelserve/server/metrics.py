@@ -26,6 +26,8 @@ modelserve_memory_pool_bytes                            gauge      pool, kind (i
 modelserve_memory_pool_hit_ratio                        gauge      pool
 ======================================================  =========  =================================
 
+Autoscaling, saturation and memory budgets: server/scaling_metrics.py.
+
 ``outcome`` is ``success`` or the failure's status in lower case (``invalid_argument``,
 ``resource_exhausted``, ``deadline_exceeded``, ``internal``, ``cancelled``, ``unavailable``).
 """
@@ -40,6 +42,7 @@ from prometheus_client.registry import Collector
 
 from .. import memory
 from ..repository import VersionState
+from .scaling_metrics import ScalingCollector
 
 __all__ = ["Metrics"]
 
@@ -132,6 +135,7 @@ class Metrics:
         self.runtime = runtime
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_RuntimeCollector(runtime))
+        self.registry.register(ScalingCollector(runtime))  # saturation, scaling, memory budgets
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
