@@ -289,3 +289,20 @@ def test_memory_budget_object_charges_and_releases():
         budget.reserve(object(), "cpu", 600, "w")
     budget.release(v)
     assert budget.used("cpu") == 0
+
+
+def test_deploy_manifests_parse_and_scale_on_the_saturation_gauge():
+    import pathlib
+
+    import yaml
+
+    deploy = pathlib.Path(__file__).resolve().parents[1] / "deploy"
+    files = sorted(deploy.rglob("*.yaml"))
+    assert len(files) == 4
+    docs = {f.name: [d for d in yaml.safe_load_all(f.read_text()) if d] for f in files}
+    (hpa,) = docs["hpa.yaml"]
+    assert hpa["kind"] == "HorizontalPodAutoscaler"
+    assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == "modelserve_model_saturation"
+    (scaled,) = docs["scaledobject.yaml"]
+    assert "modelserve_model_saturation" in scaled["spec"]["triggers"][0]["metadata"]["query"]
+    assert {d["kind"] for d in docs["deployment.yaml"]} == {"Deployment", "Service"}

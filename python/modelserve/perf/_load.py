@@ -60,6 +60,7 @@ class StepResult:
     drops: int | None  # open loop only
     client_cpu_percent: float  # process CPU time over wall time, % of one core
     loop_busy_percent: float  # event-loop thread CPU time over wall time
+    error_p99_ms: float | None = None  # how fast failures were answered (refusals under overload)
 
     @property
     def level(self) -> float:
@@ -81,6 +82,7 @@ class _Window:
     def __init__(self, start: float, end: float) -> None:
         self.start, self.end = start, end
         self.latencies: list[float] = []
+        self.error_latencies: list[float] = []
         self.errors = 0
         self.first_error: str | None = None
         self.cpu = (0.0, 0.0, 0.0)  # wall, process, thread seconds over the window
@@ -92,6 +94,7 @@ class _Window:
             self.latencies.append(done - sent)
         else:
             self.errors += 1
+            self.error_latencies.append(done - sent)
             if self.first_error is None:
                 self.first_error = describe_error(error)
 
@@ -118,7 +121,8 @@ class _Window:
             mean_ms=float(ms.mean()) if len(ms) else None,
             sent_per_s=None if sent is None else sent / duration, drops=drops,
             client_cpu_percent=100 * process / wall if wall else 0.0,
-            loop_busy_percent=100 * thread / wall if wall else 0.0)
+            loop_busy_percent=100 * thread / wall if wall else 0.0,
+            error_p99_ms=float(np.percentile(self.error_latencies, 99)) * 1e3 if self.error_latencies else None)
 
 
 Send = Callable[[int], Awaitable[None]]  # sends request number i; raises on failure
