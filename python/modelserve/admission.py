@@ -33,6 +33,7 @@ DEADLINE_HEADER = "Request-Timeout-Ms"
 #: gRPC trailing metadata key with the retry hint in milliseconds (gRFC A6's pushback).
 RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
+_MAX_TIMEOUT_US = 1 << 40  # as the request parameter's cap (server/common.py): "none" in practice
 _MIN_HINT_S = 0.001
 _MAX_HINT_S = 60.0
 
@@ -47,7 +48,7 @@ def header_deadline_us(value: str | None, what: str) -> int | None:
         raise InvalidArgumentError(f"{what}: header {DEADLINE_HEADER} must be a number of milliseconds, got {value!r}") from None
     if not ms > 0 or ms != ms or ms == float("inf"):
         raise InvalidArgumentError(f"{what}: header {DEADLINE_HEADER} must be > 0 milliseconds, got {value!r}")
-    return max(1, int(ms * 1000))
+    return max(1, int(min(ms * 1000, _MAX_TIMEOUT_US)))
 
 
 def retry_after_s(stats: dict[str, Any], last_cold_start_s: float | None = None) -> float:

@@ -112,7 +112,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .batch import add_parser as add_batch_parser
     from .perf import add_parser as add_perf_parser
-
     from .settings_cli import add_parser as add_settings_parser
 
     add_perf_parser(sub)

@@ -167,6 +167,7 @@ class ModelVersion:
         self.scale_events: dict[str, int] = {"up": 0, "down": 0, "to_zero": 0, "cold_start": 0}
         self.last_cold_start_s: float | None = None
         self._scale_lock = threading.Lock()  # one change of the instance count at a time
+        self._scaler_lock = threading.Lock()  # guards scaler (the ticker observes, the API resets)
         self._waking = False  # guarded by _lock: a cold start is under way        log.info("model '%s' version %d: LOADING from %s", name, version, path)
 
     # --- state ----------------------------------------------------------------------------------
@@ -344,6 +345,14 @@ class ModelVersion:
     def _release(self, drain: bool) -> None:
         if self.engine is not None:
             with self._scale_lock:  # no scaling after this
+                if drain and self.instances == 0 and self.engine.stats()["queued"]:
+                    # Scaled to zero (or evicted) with requests waiting for a cold start: give
+                    # them an instance, or the drain would wait for ever.
+                    try:
+                        self.engine.set_instance_count(max(self.scaling.min, 1))
+                    except Exception:
+                        log.exception("%s: starting an instance to drain the queue failed", self.label)
+                        drain = False
                 self.engine.close(drain=drain)
         with self._lock:
             handles, self._instances = list(self._instances), weakref.WeakSet()
@@ -410,7 +419,8 @@ class ModelVersion:
             return None
         st = engine.stats()
         requests = st["success_count"] + st["failure_count"]
-        event = self.scaler.observe(now, st["queued"], st["in_flight"], self.instances, requests)
+        with self._scaler_lock:
+            event = self.scaler.observe(now, st["queued"], st["in_flight"], self.instances, requests)
         if event is None or not self.scaling.enabled:
             return None
         if event.old == 0:
@@ -458,7 +468,8 @@ class ModelVersion:
                 f"{self.label}: instance count {count} is outside [min={policy.min}, max={policy.max}]"
             )
         self.scaling = policy
-        self.scaler.reset(policy)
+        with self._scaler_lock:
+            self.scaler.reset(policy)
         if count is not None:
             self.scale(count, "set by the operator")
         elif self.instances and not policy.min <= self.instances <= policy.max:
