@@ -200,12 +200,12 @@ def test_scale_to_zero_then_cold_start_serves_the_next_request(tmp_path):
 def test_memory_budget_refuses_a_load_naming_budget_footprint_and_what_is_loaded(tmp_path):
     make_model(tmp_path, "a", ballast=48 << 20)
     make_model(tmp_path, "b", ballast=48 << 20)
-    with Runtime(tmp_path, model_control_mode="explicit", memory_budget="cpu=64MiB") as rt:
+    with Runtime(tmp_path, model_control_mode="explicit", memory_budget="cpu=80MiB") as rt:
         rt.load_model("a")
         with pytest.raises(LoadError) as e:
             rt.load_model("b")
         message = str(e.value)
-        assert "memory budget of cpu is 64.0 MiB" in message and "model 'a' version 1" in message
+        assert "memory budget of cpu is 80.0 MiB" in message and "model 'a' version 1" in message
         assert "model 'b' version 1" in message and "needs" in message
         np.testing.assert_array_equal(rt.infer("a", X)["OUTPUT0"], [2, 2])  # a is untouched
 

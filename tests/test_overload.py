@@ -41,14 +41,14 @@ MODEL = textwrap.dedent("""
 """)
 
 
-def make_repo(root, sleep=0.0, queue=2, instances="{count: 1, device: cpu}"):
+def make_repo(root, sleep=0.0, queue=2, instances="{count: 1, device: cpu}", levels=1):
     (root / "m" / "1").mkdir(parents=True)
     (root / "m" / "1" / "model.py").write_text(MODEL.format(sleep=sleep))
     (root / "m" / "config.yaml").write_text(
         "max_batch_size: 0\n"
         "inputs: [{name: INPUT0, datatype: FP32, shape: [2]}]\n"
         "outputs: [{name: OUTPUT0, datatype: FP32, shape: [2]}]\n"
-        f"dynamic_batching: {{max_queue_size: {queue}}}\n"
+        f"dynamic_batching: {{max_queue_size: {queue}, priority_levels: {levels}}}\n"
         f"instances: {instances}\n"
     )
     return root
@@ -207,6 +207,43 @@ def test_settings_route_cli_and_saturation_metric(served):
     assert 'modelserve_model_saturation{model="m",version="1"}' in text
     assert 'modelserve_instances_max{model="m",version="1"} 3.0' in text
     assert 'modelserve_scale_events_total{direction="up",model="m",version="1"}' in text
+
+
+def test_an_urgent_request_overtakes_the_queue_over_http(tmp_path):
+    make_repo(tmp_path, queue=8, levels=2)
+    loop = LoopThread()
+    server = Server(tmp_path, ServerOptions(http_port=0, grpc_port=0, shutdown_grace_s=0))
+    loop.run(server.start())
+    try:
+        mod = model_module(server.runtime)
+        mod.GATE.clear()
+        held = server.runtime.submit("m", x(1))
+        deadline = time.monotonic() + 30
+        while not mod.CALLS and time.monotonic() < deadline:
+            time.sleep(0.01)
+        low = [server.runtime.submit("m", x(2), priority=2) for _ in range(3)]
+
+        async def urgent():
+            body = {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [2], "data": [3, 3]}],
+                    "parameters": {"priority": 1}}
+            return await asyncio.to_thread(
+                urllib.request.urlopen,
+                urllib.request.Request(f"http://127.0.0.1:{server.http_port}/v2/models/m/infer",
+                                       json.dumps(body).encode(), headers={"Content-Type": "application/json"}),
+                timeout=60,
+            )
+
+        reply = asyncio.run_coroutine_threadsafe(urgent(), loop.loop)
+        while server.runtime.model_statistics("m")[0]["queued"] < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        mod.GATE.set()
+        reply.result(60).close()
+        for p in [held] + low:
+            p.wait()
+        assert mod.CALLS == [1.0, 3.0, 2.0, 2.0, 2.0]
+    finally:
+        loop.run(server.shutdown())
+        loop.close()
 
 
 # --- ~3x capacity -------------------------------------------------------------------------------
