@@ -161,6 +161,17 @@ def module_of(rt, name):
 X = {"INPUT0": np.ones(2, np.float32)}
 
 
+def wait_for(condition, timeout=30.0):
+    """The cold-start thread records its result just after the instance starts serving, so a
+    request can complete a moment before; wait for the record (generously)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
 def test_load_step_scales_up_then_down_and_every_request_completes(tmp_path):
     make_model(tmp_path, "m", "{count: 1, min: 1, max: 3, target: 2, window_s: 1, upscale_delay_s: 1, "
                               "downscale_delay_s: 2, device: cpu}")
@@ -192,6 +203,7 @@ def test_scale_to_zero_then_cold_start_serves_the_next_request(tmp_path):
         assert rt.model_ready("m") and len(mod.UNLOADS) == 1
         out = rt.infer("m", X, timeout_us=30_000_000)  # waits in the queue for the cold start
         np.testing.assert_array_equal(out["OUTPUT0"], [2, 2])
+        assert wait_for(lambda: mv.last_cold_start_s is not None)
         state = rt.settings("m")["instances"]
         assert state["count"] == 1 and state["scale_events"]["cold_start"] == 1
         assert state["last_cold_start_s"] is not None and state["last_cold_start_s"] >= 0
@@ -221,6 +233,7 @@ def test_memory_budget_evicts_the_idle_model_and_cold_starts_it_on_demand(tmp_pa
         assert a.instances == 0 and b.instances == 1 and rt.model_ready("a")
         assert a.scale_events["evicted"] == 1
         np.testing.assert_array_equal(rt.infer("a", X, timeout_us=30_000_000)["OUTPUT0"], [2, 2])
+        assert wait_for(lambda: a.last_cold_start_s is not None)
         assert a.instances == 1 and b.instances == 0  # b was idle and least recently used
         used = rt.repository.budget.used("cpu")
         assert used <= 80 << 20

@@ -165,9 +165,7 @@ class MemoryBudget:
     def _refusal(self, device: str, nbytes: int, limit: int, what: str) -> str:
         loaded = [f"{v.label} {format_bytes(b)}" for v, d, b in self.charges() if d == device and b > 0]
         used = self.used(device)
-        why = "" if self.evict else "; eviction of idle models is off (--memory-evict)"
-        if self.evict:
-            why = "; no idle model is left to evict"
+        why = "; no idle model is left to evict" if self.evict else "; eviction of idle models is off (--memory-evict)"
         return (f"{what} needs {format_bytes(nbytes)} on {device}, but the memory budget of {device} is "
                 f"{format_bytes(limit)} and {format_bytes(used)} is in use by "
                 f"[{', '.join(loaded) or 'nothing'}]{why}")

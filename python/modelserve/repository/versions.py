@@ -33,7 +33,7 @@ from ..backends import python as python_backend
 from ..config import ModelConfig, TensorConfig
 from ..engine import ModelEngine
 from ..errors import InternalError, InvalidArgumentError, UnavailableError
-from ..memory_budget import MemoryBudget, folder_bytes, rss_bytes
+from ..memory_budget import MemoryBudget, folder_bytes, format_bytes, rss_bytes
 from ..tensor import Tensor
 
 __all__ = ["VersionState", "Transition", "ModelVersion", "resolve_io", "TRANSITIONS"]
@@ -168,7 +168,8 @@ class ModelVersion:
         self.last_cold_start_s: float | None = None
         self._scale_lock = threading.Lock()  # one change of the instance count at a time
         self._scaler_lock = threading.Lock()  # guards scaler (the ticker observes, the API resets)
-        self._waking = False  # guarded by _lock: a cold start is under way        log.info("model '%s' version %d: LOADING from %s", name, version, path)
+        self._waking = False  # guarded by _lock: a cold start is under way
+        log.info("model '%s' version %d: LOADING from %s", name, version, path)
 
     # --- state ----------------------------------------------------------------------------------
     @property
@@ -274,7 +275,8 @@ class ModelVersion:
         estimated = self.memory["weights_bytes"] * count
         extra = per_instance * count - estimated
         if extra > 0:
-            self.budget.reserve(self, self.device, extra, f"{self.label} (measured after load and warmup)")
+            self.budget.reserve(self, self.device, extra, f"{self.label} (measured {format_bytes(per_instance)} per "
+                                f"instance x {count} after load and warmup; {format_bytes(estimated)} reserved before)")
         else:
             self.budget.charge(self, self.device, per_instance * count)
 
@@ -392,7 +394,8 @@ class ModelVersion:
         if count > old and self.budget is not None:
             try:
                 self.budget.reserve(self, self.device, (count - old) * self.memory["per_instance_bytes"],
-                                    f"{self.label} scaling {old} -> {count} instances")
+                                    f"{self.label} scaling {old} -> {count} instances "
+                                    f"of {format_bytes(self.memory['per_instance_bytes'])}")
             except Exception:
                 with self._lock:
                     self.instances = old
