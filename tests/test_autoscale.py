@@ -52,6 +52,14 @@ def test_step_down_scales_back_after_the_downscale_delay():
     assert downs[0][0] <= 20 + POLICY.window_s + POLICY.downscale_delay_s + 0.5
 
 
+def test_both_directions_act_with_inexact_tick_times():
+    # 0.1 s ticks accumulate float error; a delay equal to the sample horizon must still elapse.
+    policy = ScalingPolicy(min=1, max=3, target=2, window_s=0.5, upscale_delay_s=0.5, downscale_delay_s=1)
+    events, n = run(Scaler(policy), lambda t: 6 if t < 2 else 0, 0, 5, instances=1, tick=0.1)
+    assert [e.new for _, e in events if e.new > e.old] == [3]
+    assert n == 1 and events[-1][0] < 2 + 0.5 + 1 + 0.3
+
+
 @pytest.mark.parametrize("load", [6, 13, 31])
 def test_constant_load_never_reverses(load):
     scaler = Scaler(POLICY)

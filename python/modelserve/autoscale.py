@@ -120,6 +120,7 @@ class Scaler:
     last_activity: float | None = None  # when a request was last seen (arriving, queued or running)
     last_requests: int = -1
     saturation: float = 0.0
+    since: float | None = None  # the first observation (since creation or the last reset)
 
     def observe(self, now: float, queued: int, in_flight: int, instances: int, requests: int) -> ScaleEvent | None:
         """``requests``: a counter that grows with every request the version took (completed or
@@ -129,6 +130,8 @@ class Scaler:
         if self.last_activity is None or load > 0 or requests != self.last_requests:
             self.last_activity = now
         self.last_requests = requests
+        if self.since is None:
+            self.since = now
         horizon = max(p.window_s, p.upscale_delay_s, p.downscale_delay_s)
         while self.samples and self.samples[0].at < now - horizon:
             self.samples.popleft()
@@ -147,14 +150,14 @@ class Scaler:
             return ScaleEvent(instances, 0, f"idle for {now - self.last_activity:.1f} s", self.saturation)
         if instances < p.min or instances > p.max:  # the bounds changed at run time
             return ScaleEvent(instances, p.clamp(instances), f"bounds now [{p.min}, {p.max}]", self.saturation)
-        first = self.samples[0].at
-        if now - first >= p.upscale_delay_s:
+        # A direction acts only once the samples cover its whole delay.
+        if now - self.since >= p.upscale_delay_s:
             recent = [s.up for s in self.samples if s.at >= now - p.upscale_delay_s]
             want = min(recent)
             if want > instances:
                 return ScaleEvent(instances, want, f"saturation {self.saturation:.2f} for {p.upscale_delay_s:g} s",
                                   self.saturation)
-        if now - first >= p.downscale_delay_s:
+        if now - self.since >= p.downscale_delay_s:
             recent = [s.down for s in self.samples if s.at >= now - p.downscale_delay_s]
             want = max(recent)
             if want < instances:
@@ -167,6 +170,7 @@ class Scaler:
         if policy is not None:
             self.policy = policy
         self.samples.clear()
+        self.since = None
 
 
 class AutoscaleController:
