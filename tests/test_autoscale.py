@@ -327,3 +327,19 @@ def test_deploy_manifests_parse_and_scale_on_the_saturation_gauge():
     (scaled,) = docs["scaledobject.yaml"]
     assert "modelserve_model_saturation" in scaled["spec"]["triggers"][0]["metadata"]["query"]
     assert {d["kind"] for d in docs["deployment.yaml"]} == {"Deployment", "Service"}
+
+
+def test_the_background_ticker_scales_up_under_load_and_back_down_when_it_ends(tmp_path):
+    make_model(tmp_path, "m", "{count: 1, min: 1, max: 3, target: 2, window_s: 0.2, upscale_delay_s: 0.2, "
+                              "downscale_delay_s: 0.5, device: cpu}")
+    with Runtime(tmp_path, autoscale_tick_s=0.05) as rt:
+        mod, mv = module_of(rt, "m")
+        mod.GATE.clear()
+        pending = [rt.submit("m", X) for _ in range(10)]
+        assert wait_for(lambda: mv.engine.instance_count == 3)
+        mod.GATE.set()
+        for p in pending:
+            p.wait()
+            p.outputs()
+        assert wait_for(lambda: mv.engine.instance_count == 1)
+        assert mv.scale_events["up"] >= 1 and mv.scale_events["down"] >= 1

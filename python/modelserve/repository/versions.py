@@ -323,10 +323,15 @@ class ModelVersion:
                 return False
             self._submitting += 1
             self.last_used = time.monotonic()
-            if self.instances == 0 and not self._waking:
-                self._waking = True
-                threading.Thread(target=self._cold_start, name="modelserve-cold-start", daemon=True).start()
+            if self.instances == 0:
+                self._wake_locked()
             return True
+
+    def _wake_locked(self) -> None:
+        """Starts a cold start on its own thread unless one is under way (``_lock`` held)."""
+        if not self._waking:
+            self._waking = True
+            threading.Thread(target=self._cold_start, name="modelserve-cold-start", daemon=True).start()
 
     def leave(self) -> None:
         with self._lock:
@@ -427,7 +432,8 @@ class ModelVersion:
         if event is None or not self.scaling.enabled:
             return None
         if event.old == 0:
-            self._cold_start()
+            with self._lock:
+                self._wake_locked()  # not on the ticker's thread: other versions keep their ticks
             return event
         try:
             return event if self.scale(event.new, event.reason) else None
