@@ -246,6 +246,18 @@ def test_an_urgent_request_overtakes_the_queue_over_http(tmp_path):
         loop.close()
 
 
+def test_the_retry_hint_is_the_drain_time_of_the_queue_ahead():
+    from modelserve.admission import retry_after_s
+
+    # 100 batches of 2 requests, 10 ms each: 200 requests/s per instance.
+    stats = {"instances": 2, "queued": 30, "in_flight": 2, "execution_count": 100, "success_count": 200,
+             "compute_input_ns": 0, "compute_infer_ns": 1_000_000_000, "compute_output_ns": 0}
+    assert retry_after_s(stats) == pytest.approx(32 / 400)
+    assert retry_after_s({**stats, "queued": 398}) == pytest.approx(1.0)
+    assert retry_after_s({**stats, "instances": 0}, last_cold_start_s=2.0) == pytest.approx(32 / 200 + 2.0)
+    assert retry_after_s({"instances": 1, "queued": 5, "in_flight": 1}) == 1.0  # nothing measured yet
+
+
 # --- ~3x capacity -------------------------------------------------------------------------------
 
 
