@@ -463,6 +463,16 @@ def test_a_rollout_survives_a_restart(repo, clock):
         assert [t["weight"] for t in rt.traffic.get_policy("m")["targets"]] == [50, 50]
 
 
+def test_a_promotions_label_move_survives_a_restart(repo, clock):
+    with Runtime(repo, traffic_clock=clock) as rt:
+        rt.traffic.start_rollout("m", rollout_spec())
+        rt.traffic.promote_rollout("m")
+        assert rt.model_versions("m")["labels"]["stable"] == 2
+    with Runtime(repo, traffic_clock=clock) as rt:  # config.yaml still says stable: 1
+        assert rt.model_versions("m")["labels"]["stable"] == 2
+        assert set(served(rt, 5)) == {2}
+
+
 def test_invalid_rollouts_are_rejected(rt):
     with pytest.raises(InvalidArgumentError, match=r"steps: expected strictly increasing percentages ending at 100"):
         rt.traffic.start_rollout("m", rollout_spec(steps=[50, 20]))

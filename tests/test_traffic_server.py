@@ -257,11 +257,11 @@ def test_cli_traffic_commands(clean):
 
 
 def test_cli_rollout_commands(clean):
-    out = cli(clean, "rollout", "start", "m", "--candidate", "2", "--steps", "10,100", "--interval", "600")
+    out = cli(clean, "rollout", "start", "m", "--candidate", "2", "--steps", "10,100", "--interval", "600", "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["baseline"] == "stable"
-    assert json.loads(cli(clean, "rollout", "pause", "m").stdout)["state"] == "PAUSED"
-    assert json.loads(cli(clean, "rollout", "status", "m").stdout)["weight"] == 10
-    assert json.loads(cli(clean, "rollout", "abort", "m").stdout)["state"] == "ABORTED"
+    assert cli(clean, "rollout", "pause", "m").stdout.startswith("rollout of 2 against stable on m: PAUSED at 10%")
+    assert json.loads(cli(clean, "rollout", "status", "m", "--json").stdout)["weight"] == 10
+    assert json.loads(cli(clean, "rollout", "abort", "m", "--json").stdout)["state"] == "ABORTED"
     missing = cli(clean, "rollout", "start", "m")
     assert missing.returncode == 1 and "--candidate" in missing.stderr

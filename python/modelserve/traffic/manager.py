@@ -239,6 +239,13 @@ class TrafficManager:
                         self._rollouts[name] = Rollout.from_dict(entry["rollout"], now)
                 except (ModelserveError, KeyError, ValueError) as e:
                     log.error("traffic state of endpoint '%s' ignored: %s", name, e)
+            for name, entry in saved.items():
+                for label, version in (entry.get("labels") or {}).items():
+                    try:  # a promotion's label move outlives a restart, like the policy
+                        if self.catalog.labels(name).get(label) != version:
+                            self.catalog.set_label(name, label, version)
+                    except ModelserveError as e:
+                        log.error("endpoint '%s': cannot restore label '%s' -> version %s: %s", name, label, version, e)
             if any(r.state.active for r in self._rollouts.values()):
                 log.info("resuming rollouts: %s", sorted(n for n, r in self._rollouts.items() if r.state.active))
         self._schedule_ticks()
@@ -398,9 +405,11 @@ class TrafficManager:
         for row in rows:
             row["weight"] = weights.get(row["target"], 0)
         shadow_rows = []
+        mirrored = {s.id for s in ep.shadows} if ep else set()
         for t, s in shadows:
             n, e, lat = s.outcomes.window(since)
-            shadow_rows.append({"target": t, **summary(n, e, lat), "comparison": s.comparison(since)})
+            if n or t in mirrored:  # a former shadow with nothing in the window is left out
+                shadow_rows.append({"target": t, **summary(n, e, lat), "comparison": s.comparison(since)})
         return {
             "endpoint": endpoint,
             "window_s": window_s,
@@ -560,6 +569,8 @@ class TrafficManager:
         if model == r.endpoint:
             self.catalog.set_label(model, "stable", number)
             r.verdict = {**(r.verdict or {}), "stable": number}
+            labels = {**(self._saved.get(r.endpoint, {}).get("labels") or {}), "stable": number}
+            self._save(r.endpoint, labels=labels)
             target = TargetSpec(version="stable", weight=100)
         previous = parse_policy(r.previous_policy) if r.previous_policy else None
         return TrafficPolicy(
