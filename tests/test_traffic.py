@@ -367,6 +367,18 @@ def test_a_healthy_candidate_is_promoted_through_every_step(rt, clock):
     assert actions == ["rollout.start", "rollout.advance", "rollout.advance", "rollout.promote"]
 
 
+def test_a_rollout_judges_only_what_happened_since_it_began(tmp_path, clock):
+    write_model(tmp_path, "m", {1: {}, 2: {"fail_every": 2}}, "labels: {stable: 1}\n")
+    with Runtime(tmp_path, traffic_clock=clock) as rt:
+        rt.traffic.set_policy("m", split((1, 50), (2, 50)))
+        send(rt, 200)  # version 2 fails half of these, before the rollout
+        rt.traffic.clear_policy("m")
+        rt.traffic.start_rollout("m", rollout_spec())
+        rt.traffic.tick()
+        status = rt.traffic.rollout("m")
+        assert status["state"] == "RUNNING" and {g["verdict"] for g in status["gates"]} == {"wait"}
+
+
 def test_a_rollout_waits_for_the_minimum_number_of_requests(rt, clock):
     rt.traffic.start_rollout("m", rollout_spec(min_requests=1000))
     send(rt, 50)

@@ -451,8 +451,9 @@ class TrafficManager:
                     f"version ({self._number(endpoint, s.candidate)}); name another candidate or a baseline"
                 )
             previous = self.get_policy(endpoint)
+            now = self.clock()
             r = Rollout(endpoint, s.model_copy(update={"baseline": baseline}), s.candidate.id, baseline.id, previous,
-                        step_started=self.clock())
+                        step_started=now, began=now)
             r.note("started", actor=actor)
             policy = self._rollout_policy(r)
             self._save(endpoint, policy=policy.model_dump(mode="json", exclude_defaults=True), rollout=r.as_dict())
@@ -499,16 +500,17 @@ class TrafficManager:
 
     def _view(self, r: Rollout, now: float) -> WindowView:
         window = r.spec.window_s
-        cand = self._target_stats(r.endpoint, r.candidate).window(now - window)
+        since = max(now - window, r.began)
+        cand = self._target_stats(r.endpoint, r.candidate).window(since)
         # At 100% the baseline has no traffic: its window is the one that ended when the step began.
         base_stats = self._target_stats(r.endpoint, r.baseline)
         if r.weight >= 100:
-            base = base_stats.window(r.step_started - window, until=r.step_started)
+            base = base_stats.window(max(r.step_started - window, r.began), until=r.step_started)
         else:
-            base = base_stats.window(now - window)
+            base = base_stats.window(since)
         divergence = None
         if r.spec.gates.divergence is not None:
-            divergence = self._shadow_stats(r.endpoint, r.candidate).comparison(now - window)
+            divergence = self._shadow_stats(r.endpoint, r.candidate).comparison(since)
         return WindowView(cand, base, divergence)
 
     def tick(self) -> None:
