@@ -8,13 +8,17 @@ import time
 
 import numpy as np
 import pytest
-from traffic_models import X, FakeClock, version_of, write_model
-
 from modelserve import Runtime
-from modelserve.errors import InternalError, InvalidArgumentError, NotFoundError, UnavailableError
+from modelserve.errors import (
+    InternalError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnavailableError,
+)
 from modelserve.traffic import Router, parse_policy
 from modelserve.traffic.router import BUCKETS, bucket_of
 from modelserve.traffic.stats import compare_outputs, error_rate_diff
+from traffic_models import FakeClock, X, version_of, write_model
 
 
 def split(*weights, **extra):

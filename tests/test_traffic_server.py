@@ -10,15 +10,13 @@ import urllib.error
 import urllib.request
 
 import grpc
-import numpy as np
 import pytest
 from conftest import LoopThread
-from traffic_models import X, write_model
-
 from modelserve._proto import modelserve_pb2 as pb
 from modelserve._proto import modelserve_pb2_grpc as pb_grpc
 from modelserve.server.app import Server
 from modelserve.server.common import ServerOptions
+from traffic_models import X, write_model
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
 httpclient = pytest.importorskip("tritonclient.http")
@@ -140,6 +138,20 @@ def test_http_readout_and_metrics_are_labelled_by_endpoint_and_target(clean):
     assert 'modelserve_traffic_requests_total{endpoint="m",outcome="success",target="2"}' in text
     assert 'modelserve_traffic_weight_percent{endpoint="m",target="1"} 50.0' in text
     assert 'modelserve_traffic_request_duration_seconds_bucket{endpoint="m",le="+Inf",target="1"}' in text
+
+
+def test_http_requests_are_mirrored_to_a_shadow_and_compared(clean):
+    call(clean, "PUT", "/v2/models/m/traffic", {**split((1, 100)), "shadows": [{"version": 2, "percent": 100}]})
+    with httpclient.InferenceServerClient(f"127.0.0.1:{clean.http_port}") as c:
+        assert {http_infer(c) for _ in range(10)} == {(1, 1)}  # callers only see the primary
+    deadline = time.monotonic() + 30
+    while True:
+        (shadow,) = call(clean, "GET", "/v2/models/m/traffic/readout")[1]["shadows"]
+        if shadow["comparison"]["requests"] >= 10 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert shadow["target"] == "2" and shadow["comparison"]["agreement_rate"] == 0.0
+    assert shadow["comparison"]["mean_abs_diff"] == 1.0
 
 
 def test_http_rollout_rolls_back_a_failing_candidate_on_its_own(clean):

@@ -234,7 +234,8 @@ class TrafficManager:
             for name, entry in saved.items():
                 try:
                     if entry.get("policy") is not None:
-                        self.active[name] = Endpoint(self, name, parse_policy(entry["policy"], f"saved policy of '{name}'"))
+                        policy = parse_policy(entry["policy"], f"saved policy of '{name}'")
+                        self.active[name] = Endpoint(self, name, policy)
                     if entry.get("rollout") is not None:
                         self._rollouts[name] = Rollout.from_dict(entry["rollout"], now)
                 except (ModelserveError, KeyError, ValueError) as e:
@@ -273,13 +274,18 @@ class TrafficManager:
         if self._own_loop is not None:
             self._own_loop.close()
 
+    def _audit(self, actor: str, action: str, endpoint: str, fields: dict[str, Any]) -> None:
+        self.store.audit({"actor": actor, "action": action, "endpoint": endpoint, **fields})
+
     # --- policies ------------------------------------------------------------------------------
     def get_policy(self, endpoint: str) -> dict[str, Any] | None:
         """The endpoint's policy as a mapping, or None (requests go to the default version)."""
         ep = self.active.get(endpoint)
         return None if ep is None else ep.policy.model_dump(mode="json", exclude_defaults=True)
 
-    def set_policy(self, endpoint: str, policy: TrafficPolicy | Mapping[str, Any], *, actor: str = "api") -> dict[str, Any]:
+    def set_policy(
+        self, endpoint: str, policy: TrafficPolicy | Mapping[str, Any], *, actor: str = "api"
+    ) -> dict[str, Any]:
         """Validates (weights add up to 100, targets exist and are READY, signatures match the
         endpoint's), saves, applies at once and audits ``policy``; returns it."""
         p = parse_policy(policy)
@@ -290,7 +296,7 @@ class TrafficManager:
             after = p.model_dump(mode="json", exclude_defaults=True)
             self._save(endpoint, policy=after)
             self.active[endpoint] = Endpoint(self, endpoint, p)
-            self.store.audit({"actor": actor, "action": "policy.set", "endpoint": endpoint, "before": before, "after": after})
+            self._audit(actor, "policy.set", endpoint, {"before": before, "after": after})
         log.info("endpoint '%s': traffic policy set by %s: %s", endpoint, actor, _weights(p))
         return after
 
@@ -303,7 +309,7 @@ class TrafficManager:
                 raise NotFoundError(f"endpoint '{endpoint}' has no traffic policy")
             self._save(endpoint, policy=None)
             self.active.pop(endpoint, None)
-            self.store.audit({"actor": actor, "action": "policy.clear", "endpoint": endpoint, "before": before, "after": None})
+            self._audit(actor, "policy.clear", endpoint, {"before": before, "after": None})
         log.info("endpoint '%s': traffic policy cleared by %s", endpoint, actor)
 
     def _refuse_during_rollout(self, endpoint: str, what: str) -> None:
@@ -427,7 +433,9 @@ class TrafficManager:
             r = self._rollouts.get(endpoint)
             return None if r is None else r.as_dict(self.clock())
 
-    def start_rollout(self, endpoint: str, spec: RolloutSpec | Mapping[str, Any], *, actor: str = "api") -> dict[str, Any]:
+    def start_rollout(
+        self, endpoint: str, spec: RolloutSpec | Mapping[str, Any], *, actor: str = "api"
+    ) -> dict[str, Any]:
         """Starts a canary rollout (rollout.py, Note [Rollout gates]) of ``spec.candidate``
         against ``spec.baseline`` (default: the label ``stable`` when the model has one, else
         its default version). The endpoint is split between the two for its duration; sticky
@@ -459,7 +467,7 @@ class TrafficManager:
             self._save(endpoint, policy=policy.model_dump(mode="json", exclude_defaults=True), rollout=r.as_dict())
             self._rollouts[endpoint] = r
             self.active[endpoint] = Endpoint(self, endpoint, policy)
-            self.store.audit({"actor": actor, "action": "rollout.start", "endpoint": endpoint, "before": previous,
+            self._audit(actor, "rollout.start", endpoint, {"before": previous,
                               "after": r.as_dict(), "detail": {"candidate": r.candidate, "baseline": r.baseline}})
         log.info("endpoint '%s': rollout of %s against %s started by %s (steps %s, every %.0f s)",
                  endpoint, r.candidate, r.baseline, actor, s.steps, s.step_interval_s)
@@ -586,7 +594,9 @@ class TrafficManager:
         if r is None:
             raise NotFoundError(f"endpoint '{endpoint}' has no rollout to {what}")
         if not r.state.active:
-            raise InvalidArgumentError(f"endpoint '{endpoint}': cannot {what} the rollout of {r.candidate}: it is {r.state.value}")
+            raise InvalidArgumentError(
+                f"endpoint '{endpoint}': cannot {what} the rollout of {r.candidate}: it is {r.state.value}"
+            )
         return r
 
     def pause_rollout(self, endpoint: str, *, actor: str = "api") -> dict[str, Any]:
@@ -596,7 +606,7 @@ class TrafficManager:
             if r.state is RolloutState.RUNNING:
                 r.pause(self.clock())
                 self._save(endpoint, rollout=r.as_dict())
-                self.store.audit({"actor": actor, "action": "rollout.pause", "endpoint": endpoint, "detail": {"weight": r.weight}})
+                self._audit(actor, "rollout.pause", endpoint, {"detail": {"weight": r.weight}})
             return r.as_dict(self.clock())
 
     def resume_rollout(self, endpoint: str, *, actor: str = "api") -> dict[str, Any]:
@@ -605,7 +615,7 @@ class TrafficManager:
             if r.state is RolloutState.PAUSED:
                 r.resume(self.clock())
                 self._save(endpoint, rollout=r.as_dict())
-                self.store.audit({"actor": actor, "action": "rollout.resume", "endpoint": endpoint, "detail": {"weight": r.weight}})
+                self._audit(actor, "rollout.resume", endpoint, {"detail": {"weight": r.weight}})
             return r.as_dict(self.clock())
 
     def promote_rollout(self, endpoint: str, *, actor: str = "api") -> dict[str, Any]:
