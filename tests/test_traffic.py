@@ -224,6 +224,20 @@ def test_a_config_policy_error_names_the_file_and_key(tmp_path):
         load_config(tmp_path / "m")
 
 
+def test_validate_checks_where_a_config_policy_points(tmp_path):
+    from modelserve.repository import validate_repository
+
+    write_model(tmp_path, "m", {1: {}}, """
+        traffic:
+          targets: [{version: 1, weight: 50}, {version: 3, weight: 25}, {version: canary, weight: 25}]
+          shadows: [{model: nope, percent: 5}]
+    """)
+    errors = validate_repository(tmp_path)
+    assert any("traffic.targets: version 3 has no folder" in e for e in errors)
+    assert any("traffic.targets: label 'canary' is not in labels" in e for e in errors)
+    assert any("traffic.shadows: model 'nope' is not in the repository" in e for e in errors)
+
+
 def test_changes_are_audited_with_who_what_and_when(rt, repo):
     rt.traffic.set_policy("m", split((1, 90), (2, 10)), actor="alice")
     rt.traffic.set_policy("m", split((1, 50), (2, 50)), actor="bob")
