@@ -170,6 +170,11 @@ def test_http_rollout_rolls_back_a_failing_candidate_on_its_own(clean):
         assert {http_infer(c) for _ in range(10)} == {(1, 1)}  # all on the baseline now
     r = call(clean, "GET", "/v2/models/m/rollout")[1]
     assert r["state"] == "ROLLED_BACK" and r["verdict"]["gate"] == "error_rate"
+    with urllib.request.urlopen(f"http://127.0.0.1:{clean.http_port}/metrics") as response:
+        text = response.read().decode()
+    assert 'modelserve_rollout_state{endpoint="m",state="ROLLED_BACK",target="3"} 1.0' in text
+    assert 'modelserve_rollout_weight_percent{endpoint="m",target="3"} 0.0' in text
+    assert 'modelserve_traffic_requests_total{endpoint="m",outcome="internal",target="3"}' in text
 
 
 def test_http_rollout_actions(clean):
