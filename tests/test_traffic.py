@@ -131,6 +131,35 @@ def test_submit_and_infer_async_route_and_record(rt):
     assert rows["2"]["requests"] == 3 and rows["1"]["requests"] == 0
 
 
+def test_policy_changes_under_load_lose_no_request(rt):
+    stop, answers, errors = threading.Event(), [], []
+
+    def load():
+        while not stop.is_set():
+            try:
+                answers.append(version_of(rt.infer("m", {"INPUT0": X})))
+            except Exception as e:
+                errors.append(e)
+
+    workers = [threading.Thread(target=load) for _ in range(4)]
+    for w in workers:
+        w.start()
+    try:
+        for i in range(40):
+            rt.traffic.set_policy("m", split((1, i % 2 * 100), (2, 100 - i % 2 * 100)))
+            time.sleep(0.005)
+        rt.traffic.set_policy("m", split((1, 100), (2, 0)))
+        settled = len(answers)
+        wait_for(lambda: len(answers) > settled + 20)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join()
+    assert errors == [] and set(answers) == {1, 2}
+    # Applied at once: after the last change only the (at most 4) requests already routed went to 2.
+    assert answers[settled:].count(2) <= 4
+
+
 def test_a_model_without_a_policy_is_not_routed(rt):
     assert rt.traffic.get_policy("m") is None
     assert set(served(rt, 5)) == {2}  # the default version (the newest)
