@@ -282,3 +282,27 @@ def test_cli_rollout_commands(clean):
     assert json.loads(cli(clean, "rollout", "abort", "m", "--json").stdout)["state"] == "ABORTED"
     missing = cli(clean, "rollout", "start", "m")
     assert missing.returncode == 1 and "--candidate" in missing.stderr
+
+
+# --- authorisation --------------------------------------------------------------------------------
+
+
+def test_changes_need_the_admin_token_when_the_server_has_one(tmp_path):
+    write_model(tmp_path, "m", {1: {}, 2: {}})
+    loop = LoopThread("traffic-auth-test")
+    s = Server(tmp_path, ServerOptions(http_port=0, grpc_port=0, shutdown_grace_s=0, admin_token="sesame"))
+    loop.run(s.start())
+    try:
+        refused = call(s, "PUT", "/v2/models/m/traffic", split((1, 50), (2, 50)))
+        assert refused[0] == 403 and "traffic management needs a valid bearer token" in refused[1]["error"]
+        assert call(s, "POST", "/v2/models/m/rollout", {"candidate": {"version": 2}})[0] == 403
+        assert call(s, "PUT", "/v2/models/m/traffic", split((1, 50), (2, 50)),
+                    {"Authorization": "Bearer sesame"})[0] == 200
+        assert call(s, "GET", "/v2/models/m/traffic")[1]["policy"] == split((1, 50), (2, 50))  # reads are open
+        with grpc.insecure_channel(f"127.0.0.1:{s.grpc_port}") as channel:
+            with pytest.raises(grpc.RpcError) as e:
+                pb_grpc.TrafficServiceStub(channel).ClearPolicy(pb.EndpointRequest(model="m"))
+            assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        loop.run(s.shutdown())
+        loop.close()
