@@ -232,6 +232,29 @@ def test_grpc_sticky_key_from_a_parameter_or_metadata(stub, clean):
             assert grpc_infer(c, headers={"user_id": str(u)})[0] == first[u]
 
 
+def test_grpc_streamed_requests_follow_the_policy(stub, clean):
+    import queue
+
+    stub.SetPolicy(pb.SetPolicyRequest(model="m", policy_json=json.dumps(split((1, 50), (2, 50), sticky_key="u"))))
+    results: queue.Queue = queue.Queue()
+    with grpcclient.InferenceServerClient(f"127.0.0.1:{clean.grpc_port}") as c:
+        c.start_stream(callback=lambda result, error: results.put((result, error)))
+        for u in range(20):
+            inp = grpcclient.InferInput("INPUT0", [4], "FP32")
+            inp.set_data_from_numpy(X)
+            c.async_stream_infer("m", [inp], request_id=str(u), parameters={"u": str(u)})
+        answers = {}
+        for _ in range(20):
+            result, error = results.get(timeout=30)
+            assert error is None
+            response = result.get_response()
+            answers[int(response.id)] = (int(response.model_version), int(result.as_numpy("CLASS")[0]))
+        c.stop_stream()
+    assert all(v == cls for v, cls in answers.values()) and {v for v, _ in answers.values()} == {1, 2}
+    with grpcclient.InferenceServerClient(f"127.0.0.1:{clean.grpc_port}") as c:  # the same keys, unary
+        assert all(grpc_infer(c, parameters={"u": str(u)})[0] == answers[u][0] for u in range(20))
+
+
 def test_grpc_rollout_promotes_a_healthy_candidate(stub, clean):
     spec = {"candidate": {"version": 2}, "steps": [50, 100], "step_interval_s": 0.3, "min_requests": 5,
             "gates": {"p99_latency": {"margin": 10, "slack_ms": 1000}}}
