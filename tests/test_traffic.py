@@ -245,6 +245,17 @@ def test_config_declares_the_initial_policy_and_a_saved_change_wins(tmp_path, cl
         assert rt.traffic.get_policy("m") is None  # cleared stays cleared
 
 
+def test_poll_mode_applies_a_traffic_key_added_to_the_config(tmp_path, clock):
+    write_model(tmp_path, "m", {1: {}, 2: {}})
+    with Runtime(tmp_path, model_control_mode="poll", poll_interval=3600, traffic_clock=clock) as rt:
+        assert rt.traffic.get_policy("m") is None
+        write_model(tmp_path, "m", {}, "traffic: {targets: [{version: 1, weight: 100}]}\n")
+        rt.repository.poll_once()
+        rt.repository.poll_once()  # acted on once the change has settled
+        assert rt.traffic.get_policy("m") == split((1, 100))
+        assert set(served(rt, 5)) == {1}
+
+
 def test_a_config_policy_error_names_the_file_and_key(tmp_path):
     from modelserve.config import ConfigError, load_config
 

@@ -345,6 +345,9 @@ class ModelRepository:
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         self._load_models = list(load_models)
+        #: Called with a model's name after each sync of it that read a valid config (the Runtime
+        #: applies config.yaml's traffic key with it); exceptions are logged, never raised.
+        self.on_synced: Any = None
 
     # --- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -456,6 +459,11 @@ class ModelRepository:
             else:
                 self.errors.pop(d.name, None)
             self._acted[d.name] = d
+        if self.on_synced is not None and model.versions:
+            try:
+                self.on_synced(d.name)
+            except Exception:
+                log.exception("model '%s': after-sync hook failed", d.name)
         return errors
 
     def poll_once(self) -> None:
