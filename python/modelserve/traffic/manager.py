@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidArgumentError, ModelserveError, NotFoundError, UnavailableError
+from ..errors import InvalidArgumentError, ModelserveError, NotFoundError, UnavailableError, from_status
 from .catalog import Catalog, Signature
 from .policy import RolloutSpec, ShadowSpec, TargetRef, TargetSpec, TrafficPolicy, parse_policy, parse_rollout
 from .rollout import Rollout, RolloutState, WindowView
@@ -124,8 +124,6 @@ class RoutedPending:
         self._recorded = True
         code = self._pending.status_code
         if code != 0:
-            from ..errors import from_status
-
             self._routed.fail(from_status(code, self._pending.message))
         elif self._routed.endpoint.shadows:
             self._routed.finish(self._inputs, self._pending.outputs(as_numpy=True))
