@@ -66,6 +66,7 @@ def _serve(args: argparse.Namespace) -> int:
         load_models=args.load_model,
         memory_budget=args.memory_budget,
         memory_evict=args.memory_evict,
+        state_dir=args.state_dir,
     )
     return server.run()
 
@@ -108,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cap on what model instances hold per device, e.g. cpu=8GiB,cuda:0=20GiB")
     s.add_argument("--memory-evict", action="store_true",
                    help="past the budget, release idle models' instances (least recently used first)")
+    s.add_argument("--state-dir", metavar="PATH",
+                   help="traffic policies, rollouts and their audit log (default: <repository>/.modelserve)")
     s.set_defaults(run=_serve)
 
     from .batch import add_parser as add_batch_parser
@@ -117,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_perf_parser(sub)
     add_batch_parser(sub)
     add_settings_parser(sub)
+    from .traffic._cli import add_parsers as add_traffic_parsers
+
+    add_traffic_parsers(sub)
     return parser
 
 

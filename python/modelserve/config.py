@@ -17,6 +17,7 @@ Keys and defaults (``config.yaml`` may be absent: every key then takes its defau
     keep_previous_versions: 1       # superseded versions kept loaded for instant rollback
     warmup: []                      # [{batch_size, count, data: zero|random|file, file}]
     parameters: {}                  # free-form, handed to the backend
+    traffic: null                   # the initial traffic policy (modelserve.traffic.policy)
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import InvalidArgumentError
 from .tensor import DATATYPES
+from .traffic.policy import TrafficPolicy
 
 __all__ = [
     "ConfigError",
@@ -189,6 +191,7 @@ class ModelConfig(_Strict):
     keep_previous_versions: int = Field(default=1, ge=0)
     warmup: list[WarmupConfig] = Field(default_factory=list)
     parameters: dict[str, Any] = Field(default_factory=dict)
+    traffic: TrafficPolicy | None = None  # the initial policy; a saved change wins (README)
 
     @field_validator("backend")
     @classmethod

@@ -74,6 +74,7 @@ class Server:
         load_models: list[str] | tuple[str, ...] = (),
         memory_budget: str | None = None,
         memory_evict: bool = False,
+        state_dir: str | Path | None = None,
     ) -> None:
         from .grpc import GrpcFrontend
         from .http import HttpFrontend
@@ -87,6 +88,7 @@ class Server:
             start=False,
             memory_budget=memory_budget,
             memory_evict=memory_evict,
+            state_dir=state_dir,
         )
         self.health = Health(self.runtime, self.options.required_models)
         self.metrics = Metrics(self.runtime)

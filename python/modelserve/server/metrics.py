@@ -27,6 +27,7 @@ modelserve_memory_pool_hit_ratio                        gauge      pool
 ======================================================  =========  =================================
 
 Autoscaling, saturation and memory budgets: server/scaling_metrics.py.
+Traffic management adds metrics labelled ``endpoint`` and ``target`` (traffic_metrics.py).
 
 ``outcome`` is ``success`` or the failure's status in lower case (``invalid_argument``,
 ``resource_exhausted``, ``deadline_exceeded``, ``internal``, ``cancelled``, ``unavailable``).
@@ -136,6 +137,9 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_RuntimeCollector(runtime))
         self.registry.register(ScalingCollector(runtime))  # saturation, scaling, memory budgets
+        from .traffic_metrics import TrafficCollector  # per endpoint and target: traffic_metrics.py
+
+        self.registry.register(TrafficCollector(runtime.traffic))
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
