@@ -8,7 +8,7 @@
 
 ``--batching`` takes the ``dynamic_batching`` keys (``max_queue_size=64``,
 ``preferred_batch_sizes=4,8``). Talks to ``/modelserve/v1/models/{model}/settings``
-(modelserve/server/settings_routes.py) with the standard library only; prints the settings after
+(modelserve/server/settings_routes.py) through modelserve/_admin_client.py; prints the settings after
 the call as JSON. Exit status 1 with the server's message when the server refuses.
 """
 
@@ -17,11 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import urllib.error
 import urllib.parse
-import urllib.request
-from pathlib import Path
 from typing import Any
+
+from ._admin_client import Refused, add_connection_options, call
 
 __all__ = ["add_parser", "main"]
 
@@ -58,24 +57,13 @@ def _run(args: argparse.Namespace) -> int:
     path = f"/modelserve/v1/models/{urllib.parse.quote(args.model, safe='')}"
     if args.version:
         path += f"/versions/{urllib.parse.quote(args.version, safe='')}"
-    url = args.url.rstrip("/") + path + "/settings"
-    data = json.dumps(_body(args)).encode() if args.action == "set" else None
-    request = urllib.request.Request(url, data=data, method="PATCH" if data else "GET")
-    request.add_header("Content-Type", "application/json")
-    if args.token_file:
-        request.add_header("Authorization", "Bearer " + Path(args.token_file).read_text().strip())
     try:
-        with urllib.request.urlopen(request, timeout=args.timeout) as response:
-            settings = json.loads(response.read())
-    except urllib.error.HTTPError as e:
-        try:
-            message = json.loads(e.read()).get("error", "")
-        except ValueError:
-            message = e.reason
-        print(f"modelserve settings: {url}: HTTP {e.code}: {message}", file=sys.stderr)
-        return 1
-    except urllib.error.URLError as e:
-        print(f"modelserve settings: cannot reach {url}: {e.reason}", file=sys.stderr)
+        if args.action == "set":
+            settings = call(args, "PATCH", path + "/settings", _body(args))
+        else:
+            settings = call(args, "GET", path + "/settings")
+    except (Refused, OSError) as e:  # OSError: --token-file
+        print(f"modelserve settings {args.action}: {e}", file=sys.stderr)
         return 1
     print(json.dumps(settings, indent=2))
     return 0
@@ -86,14 +74,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("action", choices=["get", "set"])
     p.add_argument("model")
     p.add_argument("--version", help="a version number or label (default: the default version)")
-    p.add_argument("--url", default="http://127.0.0.1:8000", help="the server's HTTP address (default %(default)s)")
     p.add_argument("--instances", type=int, metavar="N", help="set: the instance count now")
     p.add_argument("--min", type=int, metavar="N", help="set: the autoscaler's lower bound")
     p.add_argument("--max", type=int, metavar="N", help="set: the autoscaler's upper bound")
     p.add_argument("--batching", action="append", default=[], metavar="KEY=VALUE",
                    help="set: a dynamic_batching setting (repeatable)")
-    p.add_argument("--token-file", metavar="FILE", help="bearer token (the server's admin token)")
-    p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS")
+    add_connection_options(p)
     p.set_defaults(run=_run)
     return p
 

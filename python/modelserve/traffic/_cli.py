@@ -8,57 +8,25 @@ server, over its HTTP routes (server/traffic_http.py), with nothing but the stan
     modelserve rollout start recommender --candidate 2 --steps 5,25,50,100 --interval 60
     modelserve rollout status recommender
 
-Every command takes ``--url`` (default ``$MODELSERVE_URL`` or http://127.0.0.1:8000),
-``--actor`` (recorded in the audit log; default the user name) and ``--token-file`` (a bearer
-token, for servers started with --admin-token-file). Exit status 0 on success, 1 when the
-server refused (its error is printed) or could not be reached.
+Every command takes ``--url``, ``--actor``, ``--token-file`` and ``--timeout``
+(modelserve/_admin_client.py). Exit status 0 on success, 1 when the server refused (its error is
+printed) or could not be reached.
 """
 
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
-import os
 import sys
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any
 
+from .._admin_client import Refused, add_connection_options, call as _call
 from ..errors import ModelserveError
 from .policy import parse_target
 
 __all__ = ["add_parsers"]
-
-
-class _Refused(Exception):
-    pass
-
-
-def _call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
-    url = args.url.rstrip("/") + path
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method)
-    request.add_header("Content-Type", "application/json")
-    request.add_header("X-Modelserve-Actor", args.actor)
-    if args.token_file:
-        request.add_header("Authorization", "Bearer " + Path(args.token_file).read_text().strip())
-    try:
-        with urllib.request.urlopen(request, timeout=args.timeout) as response:
-            text = response.read()
-    except urllib.error.HTTPError as e:
-        raw = e.read()
-        try:
-            message = json.loads(raw)["error"]
-        except (ValueError, KeyError, TypeError):
-            message = raw.decode(errors="replace") or e.reason
-        raise _Refused(f"{message} (HTTP {e.code})") from None
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise _Refused(f"cannot reach {args.url}: {reason}") from None
-    return json.loads(text) if text else None
 
 
 def _load_file(path: str) -> Any:
@@ -75,7 +43,7 @@ def _pairs(items: list[str], what: str) -> list[tuple[dict[str, Any], int]]:
     for item in items:
         target, sep, number = item.rpartition("=")
         if not sep or not number.isdigit():
-            raise _Refused(f"{what} {item!r}: expected TARGET=PERCENT, e.g. stable=90 or other:3=10")
+            raise Refused(f"{what} {item!r}: expected TARGET=PERCENT, e.g. stable=90 or other:3=10")
         out.append((parse_target(target), int(number)))
     return out
 
@@ -99,7 +67,7 @@ def _traffic(args: argparse.Namespace) -> Any:
             policy = _load_file(args.file)
         else:
             if not args.targets:
-                raise _Refused("traffic set: give TARGET=WEIGHT pairs (e.g. stable=90 2=10) or --file")
+                raise Refused("traffic set: give TARGET=WEIGHT pairs (e.g. stable=90 2=10) or --file")
             policy = {"targets": [{**t, "weight": w} for t, w in _pairs(args.targets, "target")]}
             if args.sticky_key:
                 policy["sticky_key"] = args.sticky_key
@@ -216,7 +184,7 @@ def _rollout(args: argparse.Namespace) -> Any:
         spec = _load_file(args.file)
     else:
         if not args.candidate:
-            raise _Refused("rollout start: give --candidate (e.g. --candidate 2) or --file")
+            raise Refused("rollout start: give --candidate (e.g. --candidate 2) or --file")
         spec = {"candidate": parse_target(args.candidate)}
         if args.baseline:
             spec["baseline"] = parse_target(args.baseline)
@@ -224,7 +192,7 @@ def _rollout(args: argparse.Namespace) -> Any:
             try:
                 spec["steps"] = [int(s) for s in args.steps.split(",")]
             except ValueError:
-                raise _Refused(f"--steps {args.steps!r}: expected percentages separated by commas, e.g. 5,25,50,100") from None
+                raise Refused(f"--steps {args.steps!r}: expected percentages separated by commas, e.g. 5,25,50,100") from None
         for key, value in (("step_interval_s", args.interval), ("window_s", args.window),
                            ("min_requests", args.min_requests)):
             if value is not None:
@@ -248,7 +216,7 @@ def _run(handler: Any) -> Any:
     def run(args: argparse.Namespace) -> int:
         try:
             result = handler(args)
-        except (_Refused, ModelserveError) as e:
+        except (Refused, ModelserveError) as e:
             print(f"modelserve {args.command} {args.action}: {e}", file=sys.stderr)
             return 1
         except (OSError, ValueError) as e:  # --file, --token-file
@@ -261,21 +229,6 @@ def _run(handler: Any) -> Any:
     return run
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--url", default=os.environ.get("MODELSERVE_URL", "http://127.0.0.1:8000"),
-                   help="the server's HTTP address (default $MODELSERVE_URL or http://127.0.0.1:8000)")
-    p.add_argument("--actor", default=_user(), help="who makes the change, for the audit log (default: your user name)")
-    p.add_argument("--token-file", metavar="FILE", help="bearer token for servers started with --admin-token-file")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the server (default 30)")
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # no user name in this environment
-        return "cli"
-
-
 def add_parsers(sub: Any) -> None:
     """Registers ``traffic`` and ``rollout`` under the ``modelserve`` command."""
     t = sub.add_parser("traffic", help="traffic policy, A/B readout and audit log of a running server's model")
@@ -283,7 +236,7 @@ def add_parsers(sub: Any) -> None:
     for name, text in (("get", "show the policy"), ("clear", "remove the policy (the default version serves)")):
         p = ts.add_parser(name, help=text)
         p.add_argument("model")
-        _common(p)
+        add_connection_options(p, actor=True)
     p = ts.add_parser("set", help="set the policy: TARGET=WEIGHT pairs (stable=90 2=10 other:3=0) or --file")
     p.add_argument("model")
     p.add_argument("targets", nargs="*", metavar="TARGET=WEIGHT")
@@ -291,16 +244,16 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--baseline", help="the target the readout compares against (default: the first)")
     p.add_argument("--shadow", action="append", default=[], metavar="TARGET=PERCENT", help="mirror traffic to TARGET")
     p.add_argument("--file", help="the policy as JSON or YAML instead")
-    _common(p)
+    add_connection_options(p, actor=True)
     p = ts.add_parser("readout", help="per target requests, error rate, latency, and differences with 95%% CIs")
     p.add_argument("model")
     p.add_argument("--window", type=float, metavar="SECONDS", help="only the last SECONDS (default: every kept sample)")
     p.add_argument("--json", action="store_true", help="print the whole readout as JSON")
-    _common(p)
+    add_connection_options(p, actor=True)
     p = ts.add_parser("audit", help="the audit log (of MODEL, or of every model)")
     p.add_argument("model", nargs="?")
     p.add_argument("--limit", type=int, default=100)
-    _common(p)
+    add_connection_options(p, actor=True)
     t.set_defaults(run=_run(_traffic))
 
     r = sub.add_parser("rollout", help="canary rollouts of a running server's model")
@@ -321,12 +274,12 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--divergence-shadow-percent", type=int, metavar="P", help="mirrored share for the divergence gate")
     p.add_argument("--file", help="the rollout spec as JSON or YAML instead")
     p.add_argument("--json", action="store_true", help="print the whole rollout as JSON")
-    _common(p)
+    add_connection_options(p, actor=True)
     for name, text in (("status", "the current or last rollout"), ("pause", "hold at the current step"),
                        ("resume", "continue"), ("promote", "promote the candidate now"),
                        ("abort", "end it and restore the previous policy")):
         p = rs.add_parser(name, help=text)
         p.add_argument("model")
         p.add_argument("--json", action="store_true", help="print the whole rollout as JSON")
-        _common(p)
+        add_connection_options(p, actor=True)
     r.set_defaults(run=_run(_rollout))
