@@ -106,9 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .batch import add_parser as add_batch_parser
     from .perf import add_parser as add_perf_parser
+    from .ray.cli import add_parser as add_ray_parser
 
     add_perf_parser(sub)
     add_batch_parser(sub)
+    add_ray_parser(sub)
     return parser
 
 

@@ -1,0 +1,170 @@
+"""A model repository as a Ray Serve application, and its deployment on a cluster.
+
+The application (:func:`build_app`)::
+
+    ingress  (Ingress: the protocol's HTTP app and gRPC rpcs; routing)
+      ├── <model>-v<version>  (VersionReplica, one deployment per served version; autoscaled)
+      ├── ...
+      └── metrics-directory   (MetricsDirectory: where replicas announce their /metrics)
+
+Which versions are served, their labels and the default come from each model's config.yaml
+(``version_policy``, ``labels``) exactly as on one server; the replicas and resources of each
+version come from its ``ray`` section (:class:`modelserve.config.RayConfig`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import serve
+from ray.serve.config import gRPCOptions
+
+from ..config import ModelConfig, RayConfig, load_config
+from ..errors import InvalidArgumentError, NotFoundError
+from ..repository import scan_repository
+from ._ingress import Ingress
+from ._replica import MetricsDirectory, VersionReplica
+
+__all__ = ["build_app", "deploy", "deployment_name", "GRPC_SERVICER"]
+
+log = logging.getLogger("modelserve.ray")
+
+#: The servicer registration Ray Serve's gRPC proxy imports (our committed stubs).
+GRPC_SERVICER = "modelserve._proto.inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server"
+
+#: The ingress: routing only, no model; it needs little CPU but must never wait behind replicas.
+INGRESS_NUM_CPUS = 0.1
+
+
+def deployment_name(model: str, version: int) -> str:
+    """The Ray Serve deployment of one model version (unique: the suffix parses from the right)."""
+    return f"{model}-v{version}"
+
+
+def _deployment_options(model: str, version: int, ray_config: RayConfig) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "name": deployment_name(model, version),
+        "ray_actor_options": {"num_cpus": ray_config.num_cpus, "num_gpus": ray_config.num_gpus},
+        "max_ongoing_requests": ray_config.max_ongoing_requests,
+        "health_check_period_s": 5,
+        "graceful_shutdown_timeout_s": 30,  # a replica leaving finishes what it has queued
+    }
+    if ray_config.min_replicas == ray_config.max_replicas:
+        options["num_replicas"] = ray_config.max_replicas
+    else:
+        options["autoscaling_config"] = {
+            "min_replicas": ray_config.min_replicas,
+            "max_replicas": ray_config.max_replicas,
+            "initial_replicas": ray_config.initial_replicas,
+            "target_ongoing_requests": ray_config.target_ongoing_requests,
+            "upscale_delay_s": ray_config.upscale_delay_s,
+            "downscale_delay_s": ray_config.downscale_delay_s,
+            "metrics_interval_s": min(2.0, max(0.5, ray_config.upscale_delay_s)),
+            "look_back_period_s": min(10.0, max(1.0, 2 * ray_config.upscale_delay_s)),
+        }
+    return options
+
+
+def plan(repository: str | Path, models: Iterable[str] | None = None) -> dict[str, Any]:
+    """What the application serves: ``{model: {"config", "versions", "labels", "default"}}``,
+    from the repository's folders and configs (version policy and labels as on one server).
+    Raises when a config is invalid, a label names a version that is not served, or a model
+    asked for is missing."""
+    root = Path(repository)
+    scan = scan_repository(root)
+    names = list(models) if models else sorted(scan)
+    missing = [n for n in names if n not in scan]
+    if missing:
+        raise NotFoundError(f"model(s) {missing} not found in repository {root}; found {sorted(scan)}")
+    out: dict[str, Any] = {}
+    for name in names:
+        config: ModelConfig = load_config(scan[name].path)
+        versions = config.version_policy.select(sorted(scan[name].versions))
+        if not versions:
+            raise InvalidArgumentError(
+                f"model '{name}': version_policy {config.version_policy.model_dump(exclude_none=True)} selects no "
+                f"version of those on disk {sorted(scan[name].versions)}"
+            )
+        for label, v in config.labels.items():
+            if v not in versions:
+                raise InvalidArgumentError(
+                    f"model '{name}': label '{label}' points at version {v}, which is not served; served: {versions}"
+                )
+        out[name] = {"config": config, "versions": versions, "labels": dict(config.labels), "default": max(versions)}
+    return out
+
+
+def build_app(
+    repository: str | Path,
+    *,
+    models: Iterable[str] | None = None,
+    ingress_replicas: int = 1,
+    max_message_bytes: int = 64 * 1024 * 1024,
+) -> serve.Application:
+    """The Ray Serve application for ``repository`` (see the module docstring). The repository
+    must be at the same absolute path on every node."""
+    root = Path(repository).resolve()
+    served = plan(root, models)
+    directory = MetricsDirectory.options(name="metrics-directory", num_replicas=1,
+                                         ray_actor_options={"num_cpus": 0}).bind()
+    handles: dict[str, Any] = {}
+    spec: dict[str, Any] = {"models": {}}
+    replica = serve.deployment(VersionReplica)
+    for name, entry in served.items():
+        for version in entry["versions"]:
+            options = _deployment_options(name, version, entry["config"].ray)
+            handles[options["name"]] = replica.options(**options).bind(str(root), name, version, directory)
+        spec["models"][name] = {
+            "versions": {v: deployment_name(name, v) for v in entry["versions"]},
+            "labels": entry["labels"],
+            "default": entry["default"],
+        }
+    ingress = serve.deployment(serve.ingress()(Ingress)).options(
+        name="ingress", num_replicas=ingress_replicas, ray_actor_options={"num_cpus": INGRESS_NUM_CPUS},
+        max_ongoing_requests=1000,
+    )
+    return ingress.bind(spec, handles, directory, {"max_message_bytes": max_message_bytes})
+
+
+def deploy(
+    repository: str | Path,
+    *,
+    address: str | None = None,
+    name: str = "modelserve",
+    models: Iterable[str] | None = None,
+    host: str = "127.0.0.1",
+    http_port: int = 8000,
+    grpc_port: int = 8001,
+    proxy_location: str = "EveryNode",
+    ingress_replicas: int = 1,
+    max_message_bytes: int = 64 * 1024 * 1024,
+    blocking: bool = False,
+) -> Mapping[str, Any]:
+    """Deploys ``repository`` as the Ray Serve application ``name`` and waits until it is
+    running; returns where it listens.
+
+    ``address``: the Ray cluster (``"auto"``, ``"ray://head:10001"``, ...; None joins the
+    cluster this process is connected to, or the one ``RAY_ADDRESS`` names, or starts a local
+    one). ``host``/``http_port``/``grpc_port``: where Ray Serve's proxies listen (Serve-wide
+    settings: they apply when this call starts Serve on the cluster, and are kept otherwise).
+    ``proxy_location``: ``EveryNode`` or ``HeadOnly``. Deploying again with a changed repository
+    updates the application in place: Ray Serve rolls the replicas whose code or config changed,
+    starting new ones before it stops old ones.
+    """
+    if not ray.is_initialized():
+        ray.init(address=address or os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+    serve.start(
+        proxy_location=proxy_location,
+        http_options={"host": host, "port": http_port},
+        grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=[GRPC_SERVICER]),
+    )
+    app = build_app(repository, models=models, ingress_replicas=ingress_replicas, max_message_bytes=max_message_bytes)
+    # Serve's per-request access log would cost every replica a log line per call.
+    logging_config = {"log_level": "WARNING", "enable_access_log": False}
+    serve.run(app, name=name, route_prefix="/", blocking=blocking, logging_config=logging_config)
+    return {"name": name, "http": f"{host}:{http_port}", "grpc": f"{host}:{grpc_port}"}

@@ -1,0 +1,404 @@
+"""The ingress deployment: the Open Inference Protocol at the cluster's door, in front of the
+version deployments.
+
+Ray Serve's HTTP proxy hands every request to this deployment's ASGI app, which is the
+single-process server's own app (:func:`modelserve.server.http.create_app`); Ray Serve's gRPC proxy
+calls this deployment's methods named after the rpcs of ``inference.GRPCInferenceService``, which
+run the single-process server's own handlers (:class:`modelserve.server.grpc.GrpcFrontend`). Both
+frontends talk to a :class:`ClusterCatalog` instead of a :class:`~modelserve.Runtime`: the same
+methods, answered from the version deployments. So decoding, encoding, errors, versions and labels
+behave exactly as on one server; only where a request runs differs.
+
+Note [Routing seam]
+~~~~~~~~~~~~~~~~~~~
+Every inference goes through :meth:`ClusterCatalog.route`: (model, requested version) -> (the
+version number that runs, the handle of its deployment). Version numbers, labels, "latest" and the
+default are resolved there from the application's spec, which ``modelserve ray deploy`` builds from
+the repository's configs; traffic policies (splits, sticky keys, shadows, canaries) plug in at the
+same place. Metadata, configs and statistics come from the version replicas themselves, read at
+start and refreshed every ``REFRESH_S`` seconds (statistics over the protocol are those of the
+replica that answered the last refresh; ``/metrics`` has every replica's).
+
+Note [Errors across the hop]
+~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+A replica reports a modelserve error as (class name, message) and the ingress raises the same
+class, so clients see the status and message a single server would give. A replica that dies with
+requests on it (its node went away) fails those requests with UNAVAILABLE, naming the model and
+version; inference is never retried on another replica, because the ingress cannot know whether
+the model ran. Requests not on it are unaffected: Ray Serve stops routing to a dead replica and
+replaces it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import urllib.request
+from collections.abc import Mapping
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+
+from ..errors import ModelserveError, NotFoundError, UnavailableError, UnimplementedError
+from ..server.common import ServerOptions
+from ..server.grpc import GrpcFrontend
+from ..server.health import Health
+from ..server.http import create_app
+from ._replica import decode_tensors, encode_tensors, raise_remote_error
+
+__all__ = ["ClusterCatalog", "Ingress", "GRPC_UNARY_RPCS"]
+
+log = logging.getLogger("modelserve.ray")
+
+#: Seconds between two reads of the version replicas' metadata, state and statistics.
+REFRESH_S = 5.0
+
+#: The unary rpcs of inference.GRPCInferenceService the ingress answers (ModelStreamInfer, a
+#: bidirectional stream, is not offered through Ray Serve's gRPC proxy: see the README).
+GRPC_UNARY_RPCS = (
+    "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelConfig",
+    "ModelStatistics", "RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload",
+    "SystemSharedMemoryStatus", "SystemSharedMemoryRegister", "SystemSharedMemoryUnregister",
+    "CudaSharedMemoryStatus", "CudaSharedMemoryRegister", "CudaSharedMemoryUnregister",
+    "TraceSetting", "LogSettings", "ModelInfer",
+)
+
+
+class ClusterCatalog:
+    """What the frontends ask a Runtime, answered by the version deployments of one application.
+
+    ``spec``: ``{"models": {name: {"versions": {number: deployment}, "labels": {label: number},
+    "default": number}}}``; ``handles``: deployment name -> DeploymentHandle.
+    """
+
+    def __init__(self, spec: Mapping[str, Any], handles: Mapping[str, Any]) -> None:
+        self.models: dict[str, dict[str, Any]] = {
+            name: {
+                "versions": {int(v): d for v, d in m["versions"].items()},
+                "labels": {label: int(v) for label, v in m.get("labels", {}).items()},
+                "default": int(m["default"]),
+            }
+            for name, m in spec["models"].items()
+        }
+        self.handles = dict(handles)
+        self._described: dict[tuple[str, int], dict[str, Any]] = {}
+        self._failures: dict[tuple[str, int], str] = {}
+
+    # --- the version replicas' view ----------------------------------------------------------
+    async def refresh(self) -> None:
+        """Reads every version's metadata, config, state and statistics from one of its replicas."""
+        keys = [(m, v) for m, info in self.models.items() for v in info["versions"]]
+
+        async def one(key: tuple[str, int]) -> None:
+            model, version = key
+            try:
+                self._described[key] = await self.handles[self.models[model]["versions"][version]].describe.remote()
+                self._failures.pop(key, None)
+            except Exception as e:  # no replica right now (starting, or its node went away)
+                self._failures[key] = f"{type(e).__name__}: {e}"
+                described = self._described.get(key)
+                if described is not None:
+                    described["ready"] = False
+
+        await asyncio.gather(*(one(k) for k in keys))
+
+    def _model(self, model: str) -> dict[str, Any]:
+        info = self.models.get(model)
+        if info is None:
+            raise NotFoundError(f"model '{model}' is not served by this application; served: {sorted(self.models)}")
+        return info
+
+    def _described_version(self, model: str, version: int | str | None) -> dict[str, Any]:
+        number = self.resolve_version(model, version)
+        described = self._described.get((model, number))
+        if described is None:
+            why = self._failures.get((model, number), "not read yet")
+            raise UnavailableError(f"model '{model}' version {number}: no replica has answered yet ({why})")
+        return described
+
+    # --- routing (Note [Routing seam]) ---------------------------------------------------------
+    def resolve_version(self, model: str, version: int | str | None = None) -> int:
+        info = self._model(model)
+        if version is None or version == "":
+            return info["default"]
+        if isinstance(version, int) or (isinstance(version, str) and version.isdigit()):
+            number = int(version)
+            if number not in info["versions"]:
+                raise NotFoundError(
+                    f"model '{model}' has no version {number} on this cluster; served: {sorted(info['versions'])}"
+                )
+            return number
+        if version == "latest":
+            return max(info["versions"])
+        if version in info["labels"]:
+            return info["labels"][version]
+        raise NotFoundError(
+            f"model '{model}' has no version or label '{version}'; versions: {sorted(info['versions'])}, "
+            f"labels: {sorted(info['labels'])}"
+        )
+
+    def route(self, model: str, version: int | str | None = None) -> tuple[int, Any]:
+        """(the version that runs, the handle of its deployment)."""
+        number = self.resolve_version(model, version)
+        return number, self.handles[self.models[model]["versions"][number]]
+
+    async def infer_async(
+        self,
+        model: str,
+        inputs: Mapping[str, Any],
+        *,
+        version: int | str | None = None,
+        outputs: Any = None,
+        priority: int = 0,
+        timeout_us: int = 0,
+        as_numpy: bool = True,
+    ) -> dict[str, Any]:
+        number, handle = self.route(model, version)
+        try:
+            status, payload = await handle.infer.remote(
+                encode_tensors(inputs), list(outputs) if outputs else None, priority, timeout_us
+            )
+        except ModelserveError:
+            raise
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # Note [Errors across the hop]: the replica or its node went away
+            raise UnavailableError(
+                f"model '{model}' version {number}: the replica serving the request failed: {type(e).__name__}: {e}"
+            ) from None
+        if status != "ok":
+            raise_remote_error(payload)
+        results = decode_tensors(payload)
+        return {k: t.numpy() for k, t in results.items()} if as_numpy else results
+
+    # --- what the frontends read -------------------------------------------------------------
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return all(self.model_ready(name) for name in self.models)
+
+    def model_ready(self, model: str, version: int | str | None = None) -> bool:
+        try:
+            return bool(self._described_version(model, version)["ready"])
+        except ModelserveError:
+            return False
+
+    def _ready_versions(self, model: str) -> list[str]:
+        return [str(v) for v in sorted(self.models[model]["versions"]) if self.model_ready(model, v)]
+
+    def model_metadata(self, model: str, version: int | str | None = None) -> dict[str, Any]:
+        meta = dict(self._described_version(model, version)["metadata"])
+        meta["versions"] = self._ready_versions(model)
+        return meta
+
+    def model_config(self, model: str, version: int | str | None = None) -> dict[str, Any]:
+        info = self._model(model)
+        config = dict(self._described_version(model, version)["config"])
+        config["labels"] = dict(info["labels"])
+        return config
+
+    def model_statistics(self, model: str | None = None, version: int | str | None = None) -> list[dict[str, Any]]:
+        names = [model] if model else sorted(self.models)
+        out = []
+        for name in names:
+            numbers = [self.resolve_version(name, version)] if version is not None else sorted(self._model(name)["versions"])
+            for number in numbers:
+                described = self._described.get((name, number))
+                if described is not None:
+                    out.extend(described["statistics"])
+        return out
+
+    def model_versions(self, model: str) -> dict[str, Any]:
+        info = self._model(model)
+        versions = {}
+        for v, deployment in sorted(info["versions"].items()):
+            described = self._described.get((model, v))
+            versions[v] = {
+                "state": "READY" if described and described["ready"] else "UNAVAILABLE",
+                "deployment": deployment,
+                "reason": self._failures.get((model, v), ""),
+            }
+        return {"name": model, "default": info["default"], "labels": dict(info["labels"]), "versions": versions}
+
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+        out = []
+        for name in sorted(self.models):
+            for v, entry in self.model_versions(name)["versions"].items():
+                if ready_only and entry["state"] != "READY":
+                    continue
+                out.append({"name": name, "version": str(v), "state": entry["state"], "reason": entry["reason"]})
+        return out
+
+    def load_model(self, model: str) -> None:
+        raise UnimplementedError(
+            f"cannot load model '{model}' through the protocol on a Ray cluster: the application's models are "
+            "those of the repository it was deployed from; change the repository and run `modelserve ray deploy` again"
+        )
+
+    def unload_model(self, model: str) -> None:
+        raise UnimplementedError(
+            f"cannot unload model '{model}' through the protocol on a Ray cluster: remove it from the repository "
+            "and run `modelserve ray deploy` again"
+        )
+
+
+# --- metrics ---------------------------------------------------------------------------------
+
+
+class _Merged(Collector):
+    """Families parsed from several replicas' expositions, merged by name (each sample already
+    carries its ``replica`` label, so none collide)."""
+
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = texts
+
+    def collect(self) -> Any:
+        families: dict[str, Metric] = {}
+        for text in self.texts:
+            for family in text_string_to_metric_families(text):
+                merged = families.get(family.name)
+                if merged is None:
+                    merged = families[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
+                merged.samples.extend(family.samples)
+        yield from families.values()
+
+
+def _fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as reply:  # noqa: S310 - the replicas' own endpoints
+        return reply.read().decode()
+
+
+# --- the deployment --------------------------------------------------------------------------
+
+
+class Ingress:
+    """The application's ingress deployment (wrapped by ``serve.ingress`` in :mod:`._app`)."""
+
+    async def __init__(
+        self, spec: Mapping[str, Any], handles: Mapping[str, Any], directory: Any = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.catalog = ClusterCatalog(spec, handles)
+        self.directory = directory
+        self.options = ServerOptions(**(options or {}))
+        self.health = Health(self.catalog)  # type: ignore[arg-type]
+        await self.catalog.refresh()
+        frontend = GrpcFrontend(self.catalog, self.options, self.health)  # type: ignore[arg-type]
+        self._grpc = frontend._handlers()  # the single server's handlers, one per rpc
+        self._refresher = asyncio.get_running_loop().create_task(self._refresh_loop())
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(REFRESH_S)
+            try:
+                await self.catalog.refresh()
+            except Exception:  # keep refreshing whatever one round hit
+                log.exception("refreshing the version replicas' state failed")
+
+    def __serve_build_asgi_app__(self) -> Any:
+        protocol_app = create_app(self.catalog, self.options, self.health, metrics=None)
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http" and scope["path"] in ("/metrics", "/metrics/targets"):
+                await self._metrics(scope, send)
+                return
+
+            async def send_picklable(message: Any) -> None:
+                # The single server writes output tensors as memoryviews (no copy into the
+                # socket); Ray Serve pickles ASGI messages to its proxy, and memoryviews do not
+                # pickle: they become bytes here, the one copy this hop costs.
+                body = message.get("body")
+                if isinstance(body, memoryview):
+                    message = {**message, "body": body.tobytes()}
+                await send(message)
+
+            await protocol_app(scope, receive, send_picklable)
+
+        return app
+
+    async def _metrics(self, scope: Any, send: Any) -> None:
+        targets = await self.directory.targets.remote() if self.directory is not None else []
+        if scope["path"] == "/metrics/targets":  # Prometheus HTTP service discovery
+            status, body, content_type = 200, json.dumps(targets).encode(), "application/json"
+        else:
+            urls = [f"http://{t['targets'][0]}/metrics" for t in targets]
+            texts = await asyncio.gather(*(asyncio.to_thread(_fetch, u) for u in urls), return_exceptions=True)
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(_Merged([t for t in texts if isinstance(t, str)]))
+            status, body, content_type = 200, generate_latest(registry), CONTENT_TYPE_LATEST
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    # --- gRPC: Ray Serve's proxy calls the method named after the rpc --------------------------
+    async def _grpc_call(self, rpc: str, request: Any, grpc_context: Any) -> Any:
+        handler = self._grpc[rpc]
+        # Ray's proxy decoded the message with the stubs' deserializer; the single server's
+        # handlers take their own decoding (size limit, zero-copy raw inputs), so re-encode once.
+        decoded = handler.request_deserializer(request.SerializeToString())
+        try:
+            reply = await handler.unary_unary(decoded, _Context(grpc_context))
+        except _Aborted:
+            return _Serialized(b"")
+        return _Serialized(handler.response_serializer(reply))
+
+    def __del__(self) -> None:
+        refresher = getattr(self, "_refresher", None)
+        if refresher is not None:
+            refresher.cancel()
+
+
+class _Aborted(Exception):
+    pass
+
+
+class _Context:
+    """A grpc.aio ServicerContext, as far as the single server's handlers use one, over Ray
+    Serve's gRPC context: abort sets the status Ray's proxy sends back."""
+
+    def __init__(self, ray_context: Any) -> None:
+        self._ray = ray_context
+
+    def invocation_metadata(self) -> Any:
+        return self._ray.invocation_metadata() if self._ray is not None else ()
+
+    def time_remaining(self) -> float | None:
+        return None  # Ray's proxy does not pass the client's deadline on (request_timeout_s bounds it)
+
+    async def abort(self, code: Any, details: str = "") -> None:
+        if self._ray is not None:
+            self._ray.set_code(code)
+            self._ray.set_details(details)
+        raise _Aborted(details)
+
+
+class _Serialized:
+    """A reply already in wire form: Ray's replica calls ``SerializeToString`` on what a gRPC
+    method returns."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def SerializeToString(self) -> bytes:  # noqa: N802 - protobuf's name
+        return self.data
+
+
+def _grpc_method(rpc: str) -> Any:
+    async def method(self: Ingress, request: Any, grpc_context: Any = None) -> Any:
+        return await self._grpc_call(rpc, request, grpc_context)
+
+    method.__name__ = method.__qualname__ = rpc
+    method.__doc__ = f"inference.GRPCInferenceService/{rpc}, as the single-process server answers it."
+    return method
+
+
+for _rpc in GRPC_UNARY_RPCS:
+    setattr(Ingress, _rpc, _grpc_method(_rpc))
+del _rpc
