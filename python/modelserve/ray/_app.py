@@ -64,8 +64,6 @@ def _deployment_options(model: str, version: int, ray_config: RayConfig) -> dict
             "target_ongoing_requests": ray_config.target_ongoing_requests,
             "upscale_delay_s": ray_config.upscale_delay_s,
             "downscale_delay_s": ray_config.downscale_delay_s,
-            "metrics_interval_s": min(2.0, max(0.5, ray_config.upscale_delay_s)),
-            "look_back_period_s": min(10.0, max(1.0, 2 * ray_config.upscale_delay_s)),
         }
     return options
 
@@ -104,14 +102,18 @@ def build_app(
     *,
     models: Iterable[str] | None = None,
     ingress_replicas: int = 1,
+    ingress_actor_options: Mapping[str, Any] | None = None,
     max_message_bytes: int = 64 * 1024 * 1024,
 ) -> serve.Application:
     """The Ray Serve application for ``repository`` (see the module docstring). The repository
-    must be at the same absolute path on every node."""
+    must be at the same absolute path on every node. ``ingress_actor_options`` are Ray actor
+    options for the ingress and the metrics directory (e.g. ``{"resources": {"head": 0.01}}``
+    to keep routing on the head node)."""
     root = Path(repository).resolve()
     served = plan(root, models)
+    extra = dict(ingress_actor_options or {})
     directory = MetricsDirectory.options(name="metrics-directory", num_replicas=1,
-                                         ray_actor_options={"num_cpus": 0}).bind()
+                                         ray_actor_options={"num_cpus": 0, **extra}).bind()
     handles: dict[str, Any] = {}
     spec: dict[str, Any] = {"models": {}}
     replica = serve.deployment(VersionReplica)
@@ -125,7 +127,7 @@ def build_app(
             "default": entry["default"],
         }
     ingress = serve.deployment(serve.ingress()(Ingress)).options(
-        name="ingress", num_replicas=ingress_replicas, ray_actor_options={"num_cpus": INGRESS_NUM_CPUS},
+        name="ingress", num_replicas=ingress_replicas, ray_actor_options={"num_cpus": INGRESS_NUM_CPUS, **extra},
         max_ongoing_requests=1000,
     )
     return ingress.bind(spec, handles, directory, {"max_message_bytes": max_message_bytes})
@@ -142,6 +144,7 @@ def deploy(
     grpc_port: int = 8001,
     proxy_location: str = "EveryNode",
     ingress_replicas: int = 1,
+    ingress_actor_options: Mapping[str, Any] | None = None,
     max_message_bytes: int = 64 * 1024 * 1024,
     blocking: bool = False,
 ) -> Mapping[str, Any]:
@@ -163,7 +166,8 @@ def deploy(
         http_options={"host": host, "port": http_port},
         grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=[GRPC_SERVICER]),
     )
-    app = build_app(repository, models=models, ingress_replicas=ingress_replicas, max_message_bytes=max_message_bytes)
+    app = build_app(repository, models=models, ingress_replicas=ingress_replicas,
+                    ingress_actor_options=ingress_actor_options, max_message_bytes=max_message_bytes)
     # Serve's per-request access log would cost every replica a log line per call.
     logging_config = {"log_level": "WARNING", "enable_access_log": False}
     serve.run(app, name=name, route_prefix="/", blocking=blocking, logging_config=logging_config)
