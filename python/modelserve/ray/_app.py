@@ -161,14 +161,15 @@ def deploy(
     """
     if not ray.is_initialized():
         ray.init(address=address or os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+    # Serve's per-request access log would cost the proxies and every replica a line per call.
+    logging_config = {"log_level": "WARNING", "enable_access_log": False}
     serve.start(
         proxy_location=proxy_location,
         http_options={"host": host, "port": http_port},
         grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=[GRPC_SERVICER]),
+        logging_config=logging_config,
     )
     app = build_app(repository, models=models, ingress_replicas=ingress_replicas,
                     ingress_actor_options=ingress_actor_options, max_message_bytes=max_message_bytes)
-    # Serve's per-request access log would cost every replica a log line per call.
-    logging_config = {"log_level": "WARNING", "enable_access_log": False}
     serve.run(app, name=name, route_prefix="/", blocking=blocking, logging_config=logging_config)
     return {"name": name, "http": f"{host}:{http_port}", "grpc": f"{host}:{grpc_port}"}
