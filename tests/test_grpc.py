@@ -989,7 +989,8 @@ def test_committed_stubs_match_the_generator(tmp_path):
     assert out.returncode == 0, out.stderr
     committed = ROOT / "python" / "modelserve" / "_proto"
     generated = sorted(p.name for p in tmp_path.iterdir())
-    assert generated == ["inference_pb2.py", "inference_pb2.pyi", "inference_pb2_grpc.py"]
+    assert generated == ["inference_pb2.py", "inference_pb2.pyi", "inference_pb2_grpc.py",
+                         "modelserve_pb2.py", "modelserve_pb2.pyi", "modelserve_pb2_grpc.py"]
     for name in generated:
         assert filecmp.cmp(tmp_path / name, committed / name, shallow=False), (
             f"{name} differs from what protos/generate.py writes; run python protos/generate.py")

@@ -64,6 +64,7 @@ def _serve(args: argparse.Namespace) -> int:
         model_control_mode=args.model_control_mode,
         poll_interval=args.poll_interval,
         load_models=args.load_model,
+        state_dir=args.state_dir,
     )
     return server.run()
 
@@ -102,15 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after SIGTERM: not ready at once; new requests refused after this long")
     s.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="then in-flight requests get this long to finish")
+    s.add_argument("--state-dir", metavar="PATH",
+                   help="traffic policies, rollouts and their audit log (default: <repository>/.modelserve)")
     s.set_defaults(run=_serve)
 
     from .batch import add_parser as add_batch_parser
     from .perf import add_parser as add_perf_parser
     from .ray.cli import add_parser as add_ray_parser
+    from .traffic._cli import add_parsers as add_traffic_parsers
 
     add_perf_parser(sub)
     add_batch_parser(sub)
     add_ray_parser(sub)
+    add_traffic_parsers(sub)
     return parser
 
 

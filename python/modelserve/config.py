@@ -18,6 +18,7 @@ Keys and defaults (``config.yaml`` may be absent: every key then takes its defau
     warmup: []                      # [{batch_size, count, data: zero|random|file, file}]
     parameters: {}                  # free-form, handed to the backend
     ray: {}                         # replicas and resources on a Ray cluster; see RayConfig
+    traffic: null                   # the initial traffic policy (modelserve.traffic.policy)
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import InvalidArgumentError
 from .tensor import DATATYPES
+from .traffic.policy import TrafficPolicy
 
 __all__ = [
     "ConfigError",
@@ -201,6 +203,7 @@ class ModelConfig(_Strict):
     warmup: list[WarmupConfig] = Field(default_factory=list)
     parameters: dict[str, Any] = Field(default_factory=dict)
     ray: RayConfig = Field(default_factory=RayConfig)
+    traffic: TrafficPolicy | None = None  # the initial policy; a saved change wins (README)
 
     @field_validator("backend")
     @classmethod

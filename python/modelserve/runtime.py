@@ -9,22 +9,38 @@
 
 The gRPC and HTTP servers are thin frontends over exactly this object. Every method is safe to
 call from many threads and asyncio tasks at once.
+
+Requests that name no version go through the model's traffic policy when it has one
+(``rt.traffic``, a :class:`modelserve.traffic.TrafficManager`: splits, sticky keys, shadows,
+rollouts); ``routing`` carries the request parameters and headers its sticky key is read from.
+A request that names a version (number or label) bypasses the split.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from .repository import ModelRepository
 from .repository.repository import ControlMode
+from .traffic import RepositoryCatalog, TrafficManager
+from .traffic.manager import RoutedPending
 
-__all__ = ["Runtime"]
+__all__ = ["Runtime", "Served"]
 
 Version = int | str | None
+
+
+class Served(NamedTuple):
+    """What :meth:`Runtime.infer_routed_async` returns: the outputs, and the model and version
+    number that ran (a traffic policy may have sent the request to another version or model)."""
+
+    outputs: dict[str, Any]
+    model: str
+    version: int
 
 
 class Runtime:
@@ -33,7 +49,11 @@ class Runtime:
     ``model_control_mode``: ``"none"`` loads every model at start; ``"explicit"`` loads only
     ``load_models`` and then what :meth:`load_model` asks for; ``"poll"`` loads everything and
     rescans every ``poll_interval`` seconds. ``version`` arguments take a number, a label
-    (``"stable"``), ``"latest"`` or None (the model's default version).
+    (``"stable"``), ``"latest"`` or None (the model's default version, or its traffic policy).
+
+    ``state_dir`` keeps traffic policies, rollouts and their audit log across restarts (default
+    ``<repository>/.modelserve``). ``traffic_clock``: a clock for rollouts and windows; given,
+    rollouts advance only when ``rt.traffic.tick()`` is called (tests and simulations).
     """
 
     def __init__(
@@ -44,9 +64,17 @@ class Runtime:
         poll_interval: float = 5.0,
         load_models: Iterable[str] = (),
         start: bool = True,
+        state_dir: str | Path | None = None,
+        traffic_clock: Callable[[], float] | None = None,
     ) -> None:
         self.repository = ModelRepository(
             repository, control_mode=model_control_mode, poll_interval=poll_interval, load_models=list(load_models)
+        )
+        clock = {"clock": traffic_clock, "tick_interval_s": None} if traffic_clock is not None else {}
+        self.traffic = TrafficManager(
+            RepositoryCatalog(self.repository),
+            state_dir=Path(state_dir) if state_dir is not None else Path(repository) / ".modelserve",
+            **clock,
         )
         self._closed = False
         self._started = False
@@ -59,6 +87,16 @@ class Runtime:
         if not self._started:
             self._started = True
             self.repository.start()
+            self._start_traffic()
+
+    def _start_traffic(self, models: Iterable[str] | None = None) -> None:
+        """Restores saved traffic state, then applies config.yaml policies nothing saved overrides."""
+        if models is None:
+            self.traffic.restore()
+        for name in list(models if models is not None else self.repository.models):
+            config = self.repository.models[name].config if name in self.repository.models else None
+            if config is not None and config.traffic is not None:
+                self.traffic.apply_config(name, config.traffic)
 
     # --- inference ------------------------------------------------------------------------------
     def infer(
@@ -70,10 +108,13 @@ class Runtime:
         outputs: Iterable[str] | None = None,
         priority: int = 0,
         timeout_us: int = 0,
+        routing: Mapping[str, Any] | None = None,
     ) -> dict[str, np.ndarray]:
         """Runs one request (batched with others by the model's dynamic batcher) and returns its
         outputs as numpy arrays."""
-        pending = self.submit(model, inputs, version=version, outputs=outputs, priority=priority, timeout_us=timeout_us)
+        pending = self.submit(
+            model, inputs, version=version, outputs=outputs, priority=priority, timeout_us=timeout_us, routing=routing
+        )
         pending.wait()
         return pending.outputs()
 
@@ -86,8 +127,19 @@ class Runtime:
         outputs: Iterable[str] | None = None,
         priority: int = 0,
         timeout_us: int = 0,
+        routing: Mapping[str, Any] | None = None,
     ) -> Any:
         """Enqueues a request; returns a handle with ``wait()``, ``outputs()``, ``cancel()``."""
+        endpoint = self.traffic.active.get(model) if version is None else None
+        if endpoint is not None:
+            routed = endpoint.route(routing)
+            try:
+                with self.repository.get(routed.model).route(routed.version) as mv:
+                    pending = mv.engine.submit(inputs, outputs=outputs, priority=priority, timeout_us=timeout_us)
+            except BaseException as e:
+                routed.fail(e)
+                raise
+            return RoutedPending(pending, routed, inputs)
         with self.repository.get(model).route(version) as mv:
             assert mv.engine is not None
             return mv.engine.submit(inputs, outputs=outputs, priority=priority, timeout_us=timeout_us)
@@ -102,12 +154,49 @@ class Runtime:
         priority: int = 0,
         timeout_us: int = 0,
         as_numpy: bool = True,
+        routing: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """:meth:`infer` for asyncio; cancelling the task removes a still-queued request."""
+        if version is None and model in self.traffic.active:
+            served = await self.infer_routed_async(
+                model, inputs, outputs=outputs, priority=priority, timeout_us=timeout_us, as_numpy=as_numpy,
+                routing=routing,
+            )
+            return served.outputs
         with self.repository.get(model).route(version) as mv:
             assert mv.engine is not None
             request = mv.engine.submit_async(inputs, outputs=outputs, priority=priority, timeout_us=timeout_us)
         return await request.outputs(as_numpy=as_numpy)
+
+    async def infer_routed_async(
+        self,
+        model: str,
+        inputs: Mapping[str, Any],
+        *,
+        version: Version = None,
+        outputs: Iterable[str] | None = None,
+        priority: int = 0,
+        timeout_us: int = 0,
+        as_numpy: bool = True,
+        routing: Mapping[str, Any] | None = None,
+    ) -> Served:
+        """:meth:`infer_async`, also saying which model and version number ran (what the
+        frontends report): the version named, or the one the traffic policy chose."""
+        endpoint = self.traffic.active.get(model) if version is None else None
+        routed = endpoint.route(routing) if endpoint is not None else None
+        target, target_version = (routed.model, routed.version) if routed is not None else (model, version)
+        try:
+            with self.repository.get(target).route(target_version) as mv:
+                assert mv.engine is not None
+                request = mv.engine.submit_async(inputs, outputs=outputs, priority=priority, timeout_us=timeout_us)
+            out = await request.outputs(as_numpy=as_numpy)
+        except BaseException as e:
+            if routed is not None:
+                routed.fail(e)
+            raise
+        if routed is not None:
+            routed.finish(inputs, out)
+        return Served(out, target, mv.version)
 
     def run_batch(self, model: str, input: str | Path, output: str | Path, **options: Any) -> Any:
         """Scores the dataset file ``input`` with ``model`` and writes ``output`` (npy, npz,
@@ -187,6 +276,7 @@ class Runtime:
     def load_model(self, model: str) -> None:
         """Loads or reloads ``model`` (model control mode ``explicit``)."""
         self.repository.load(model)
+        self._start_traffic([model])
 
     def unload_model(self, model: str) -> None:
         """Drains and unloads every version of ``model`` (model control mode ``explicit``)."""
@@ -204,6 +294,7 @@ class Runtime:
         """Stops taking requests, finishes those queued, and unloads every model."""
         if not self._closed:
             self._closed = True
+            self.traffic.close()
             self.repository.close()
 
     def __enter__(self) -> "Runtime":

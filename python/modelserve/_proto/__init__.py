@@ -1,4 +1,5 @@
-"""Generated protobuf and gRPC stubs of the Open Inference Protocol (``protos/inference.proto``).
+"""Generated protobuf and gRPC stubs of the Open Inference Protocol (``protos/inference.proto``)
+and of modelserve's own services (``protos/modelserve.proto``, package ``modelserve.v1``).
 
 Do not edit the ``*_pb2*`` files: ``python protos/generate.py`` rewrites them, and a test fails
 when they differ from what it writes. The messages live in the private descriptor pool ``POOL``,
@@ -12,6 +13,6 @@ from google.protobuf import descriptor_pool as _descriptor_pool
 #: The descriptor pool of modelserve's protocol messages (see the module docstring).
 POOL = _descriptor_pool.DescriptorPool()
 
-from . import inference_pb2, inference_pb2_grpc  # noqa: E402  (they register in POOL)
+from . import inference_pb2, inference_pb2_grpc, modelserve_pb2, modelserve_pb2_grpc  # noqa: E402  (they register in POOL)
 
-__all__ = ["POOL", "inference_pb2", "inference_pb2_grpc"]
+__all__ = ["POOL", "inference_pb2", "inference_pb2_grpc", "modelserve_pb2", "modelserve_pb2_grpc"]

@@ -72,6 +72,7 @@ class Server:
         model_control_mode: str = "none",
         poll_interval: float = 5.0,
         load_models: list[str] | tuple[str, ...] = (),
+        state_dir: str | Path | None = None,
     ) -> None:
         from .grpc import GrpcFrontend
         from .http import HttpFrontend
@@ -83,6 +84,7 @@ class Server:
             poll_interval=poll_interval,
             load_models=load_models,
             start=False,
+            state_dir=state_dir,
         )
         self.health = Health(self.runtime, self.options.required_models)
         self.metrics = Metrics(self.runtime)

@@ -294,6 +294,21 @@ def _check_model_name(name: str, field: str = "model_name") -> None:
         raise InvalidArgumentError(f"{field} {name!r} contains a NUL byte")
 
 
+class _Routing:
+    """Where a traffic policy's sticky key is looked up: the request's parameters, then the
+    call's metadata (lower-case keys, as gRPC sends them). Read only for models with a policy."""
+
+    __slots__ = ("request", "context")
+
+    def __init__(self, request: Any, context: Any) -> None:
+        self.request, self.context = request, context
+
+    def get(self, key: str) -> Any:
+        if key in self.request.parameters:
+            return _parameter_value(self.request.parameters[key])
+        return _metadata(self.context, key.lower()) if self.context is not None else None
+
+
 def _where(model: str, version: str | int | None) -> str:
     return f"model '{model}'" + (f" version {version}" if version not in (None, "") else "")
 
@@ -327,6 +342,9 @@ class GrpcFrontend:
             ]
         )
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, self._handlers()),))
+        from .traffic_grpc import traffic_handler  # modelserve.v1.TrafficService (protos/modelserve.proto)
+
+        server.add_generic_rpc_handlers((traffic_handler(self),))
         health_pb2_grpc.add_HealthServicer_to_server(_HealthServicer(self.health), server)
         host = f"[{o.host}]" if ":" in o.host and not o.host.startswith("[") else o.host
         address = f"{host}:{o.grpc_port}"
@@ -575,7 +593,7 @@ class GrpcFrontend:
             self.health.check_accepting()
             if isinstance(call, _Refused):
                 raise call.error
-            return await self._infer(call, context.time_remaining())
+            return await self._infer(call, context.time_remaining(), context=context)
         except ModelserveError as e:
             code, message = grpc.StatusCode[e.grpc_code], str(e)
         except Exception as e:
@@ -599,7 +617,7 @@ class GrpcFrontend:
                 self.health.check_accepting()
                 if isinstance(call, _Refused):
                     raise call.error
-                replies.put_nowait(await self._infer(call, context.time_remaining(), streamed=True))
+                replies.put_nowait(await self._infer(call, context.time_remaining(), streamed=True, context=context))
             except ModelserveError as e:
                 replies.put_nowait((grpc.StatusCode[e.grpc_code], str(e), request_id))
             except Exception as e:
@@ -639,19 +657,25 @@ class GrpcFrontend:
         if failure is not None:
             await context.abort(*failure)
 
-    async def _infer(self, call: _InferCall, time_remaining: float | None, streamed: bool = False) -> _InferReply:
+    async def _infer(
+        self, call: _InferCall, time_remaining: float | None, streamed: bool = False, context: Any = None
+    ) -> _InferReply:
         request = call.request
         model = request.model_name
         _check_model_name(model)
-        version = self.runtime.resolve_version(model, request.model_version or None)
+        requested = request.model_version or None
+        version = self.runtime.resolve_version(model, requested)  # unknown models and versions first
         where = _where(model, version)
         options = self._request_options(request, where, time_remaining)
         inputs = self._decode_inputs(request, call.raw, where)
         outputs = self._requested_outputs(request, where)
-        results = await self.runtime.infer_async(
-            model, inputs, version=version, outputs=outputs or None, as_numpy=False, **options
+        # A traffic policy may choose another version (or model) for a request that names none:
+        # the response reports the version that ran.
+        served = await self.runtime.infer_routed_async(
+            model, inputs, version=requested, outputs=outputs or None, as_numpy=False,
+            routing=_Routing(request, context), **options
         )
-        return self._encode(request, model, version, results, outputs, streamed)
+        return self._encode(request, model, served.version, served.outputs, outputs, streamed)
 
     def _request_options(self, request: Any, where: str, time_remaining: float | None) -> dict[str, int]:
         parameters = {k: _parameter_value(p) for k, p in request.parameters.items()}

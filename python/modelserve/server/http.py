@@ -13,6 +13,7 @@ Routes (``{v}`` is a version number or a label; ``/versions/{v}`` may be left ou
     POST /v2/models/{m}[/versions/{v}]/infer           inference: JSON or binary tensor data
     POST /v2/repository/index                          repository index ({"ready": true} optional)
     POST /v2/repository/models/{m}/load | unload       model control (admin token)
+    .../v2/models/{m}/traffic | rollout ...            traffic management (server/traffic_http.py)
     GET  /metrics                                      Prometheus exposition (404 without metrics)
 
 Not implemented, as over gRPC: shared memory status lists no regions and unregistering succeeds
@@ -56,6 +57,7 @@ are 400.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -243,7 +245,7 @@ def _decode_input(
 class _InferRequest:
     """A decoded inference request: what Runtime.infer_async takes, plus how to encode the reply."""
 
-    __slots__ = ("id", "inputs", "outputs", "binary", "binary_default", "options")
+    __slots__ = ("id", "inputs", "outputs", "binary", "binary_default", "options", "parameters")
 
     def __init__(self) -> None:
         self.id: str | None = None
@@ -252,6 +254,7 @@ class _InferRequest:
         self.binary: dict[str, bool] = {}  # per requested output
         self.binary_default = False
         self.options: dict[str, int] = {}
+        self.parameters: Mapping[str, Any] = {}  # the request's parameters (a traffic policy's sticky key)
 
 
 def _decode_infer(body: bytes, header_length: str | None, what: str) -> _InferRequest:
@@ -282,6 +285,7 @@ def _decode_infer(body: bytes, header_length: str | None, what: str) -> _InferRe
     params = _parameters(header, what)
     req.binary_default = _flag(params, "binary_data_output", False, what)
     req.options = request_options(params, what)
+    req.parameters = params
 
     inputs = header.get("inputs")
     if not isinstance(inputs, list) or not inputs:
@@ -660,16 +664,18 @@ class _Api:
             req = _raw_request(body, self.runtime.model_metadata(model, version), batched, what)
         else:
             req = _decode_infer(body, header_length, what)
-        # The version (number, label or default) is resolved to a number first: that number is
-        # what runs and what the response reports, whatever swap happens meanwhile.
-        number = self.runtime.resolve_version(model, version)
-        outputs = await _cancel_on_disconnect(
-            self.runtime.infer_async(
-                model, req.inputs, version=number, outputs=req.outputs or None, as_numpy=False, **req.options
+        # The version (number, label, default or the traffic policy's choice) is resolved to a
+        # number once, before the request is queued: that number is what runs and what the
+        # response reports, whatever swap happens meanwhile. A policy's sticky key is read from
+        # the request parameters, then the headers.
+        served = await _cancel_on_disconnect(
+            self.runtime.infer_routed_async(
+                model, req.inputs, version=version, outputs=req.outputs or None, as_numpy=False,
+                routing=collections.ChainMap(req.parameters, request.headers), **req.options
             ),
             request.receive,
         )
-        return _encode_infer(model, str(number), req, outputs, self.options.max_message_bytes)
+        return _encode_infer(model, str(served.version), req, served.outputs, self.options.max_message_bytes)
 
     # --- metrics and unsupported extensions ------------------------------------------------------
     async def prometheus(self, request: Request) -> _Reply:
@@ -754,6 +760,10 @@ def create_app(runtime: Any, options: ServerOptions, health: Health, metrics: An
         route("/v2/repository/models/{model}/unload", api.unload, ["POST"], admin_auth),
         route("/metrics", api.prometheus, ["GET"]),
     ]
+    from .traffic_http import traffic_routes
+
+    routes += traffic_routes(api, route, meta_auth, authorised(options.admin_token or options.inference_token,
+                                                              "traffic management"))
     for base in versioned:
         routes += [
             route(base, api.model_metadata, ["GET"], meta_auth),

@@ -26,6 +26,8 @@ modelserve_memory_pool_bytes                            gauge      pool, kind (i
 modelserve_memory_pool_hit_ratio                        gauge      pool
 ======================================================  =========  =================================
 
+Traffic management adds metrics labelled ``endpoint`` and ``target`` (traffic_metrics.py).
+
 ``outcome`` is ``success`` or the failure's status in lower case (``invalid_argument``,
 ``resource_exhausted``, ``deadline_exceeded``, ``internal``, ``cancelled``, ``unavailable``).
 """
@@ -132,6 +134,9 @@ class Metrics:
         self.runtime = runtime
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_RuntimeCollector(runtime))
+        from .traffic_metrics import TrafficCollector  # per endpoint and target: traffic_metrics.py
+
+        self.registry.register(TrafficCollector(runtime.traffic))
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,121 @@
+"""The gRPC ``modelserve.v1.TrafficService`` (protos/modelserve.proto): traffic policies,
+rollouts, readouts and the audit log, served by the gRPC frontend beside the inference service.
+Handlers only translate: JSON text in, ``runtime.traffic`` (a TrafficManager), JSON text out.
+Reads need the inference token when one is set, changes the admin token (else the inference
+token), as over HTTP. The audit actor is the request's ``actor``, else ``grpc:<peer>``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import grpc
+
+from .._proto import modelserve_pb2 as pb
+from ..errors import InvalidArgumentError, NotFoundError
+
+__all__ = ["TRAFFIC_SERVICE", "traffic_handler"]
+
+TRAFFIC_SERVICE = "modelserve.v1.TrafficService"
+
+
+def _json(value: Any) -> Any:
+    return pb.JsonResponse(json=json.dumps(value, separators=(",", ":")))
+
+
+def _parse(text: str, what: str) -> Any:
+    try:
+        value = json.loads(text) if text.strip() else {}
+    except (ValueError, RecursionError) as e:
+        raise InvalidArgumentError(f"{what} is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise InvalidArgumentError(f"{what} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _model(request: Any) -> str:
+    if not request.model:
+        raise InvalidArgumentError("model is empty; name the model (endpoint)")
+    return request.model
+
+
+def _actor(request: Any, context: grpc.aio.ServicerContext) -> str:
+    return request.actor.strip()[:200] or f"grpc:{context.peer()}"
+
+
+def traffic_handler(frontend: Any) -> grpc.GenericRpcHandler:
+    """The service's handlers over ``frontend`` (a GrpcFrontend: its runtime, authorisation,
+    message size limits and error mapping)."""
+    traffic = frontend.runtime.traffic
+
+    async def get_policy(request: Any, context: Any) -> Any:
+        model = _model(request)
+        policy = traffic.get_policy(model)
+        if policy is None:
+            frontend.runtime.model_versions(model)  # an unknown model is NOT_FOUND
+        return _json({"endpoint": model, "policy": policy})
+
+    async def set_policy(request: Any, context: Any) -> Any:
+        model = _model(request)
+        policy = _parse(request.policy_json, f"policy_json of model '{model}'")
+        return _json({"endpoint": model, "policy": await asyncio.to_thread(
+            traffic.set_policy, model, policy, actor=_actor(request, context))})
+
+    async def clear_policy(request: Any, context: Any) -> Any:
+        model = _model(request)
+        await asyncio.to_thread(traffic.clear_policy, model, actor=_actor(request, context))
+        return _json({"endpoint": model, "policy": None})
+
+    async def readout(request: Any, context: Any) -> Any:
+        model = _model(request)
+        if request.window_s < 0:
+            raise InvalidArgumentError(f"window_s must be >= 0 (0: every kept sample), got {request.window_s}")
+        return _json(await asyncio.to_thread(traffic.readout, model, request.window_s or None))
+
+    async def start_rollout(request: Any, context: Any) -> Any:
+        model = _model(request)
+        spec = _parse(request.rollout_json, f"rollout_json of model '{model}'")
+        return _json(await asyncio.to_thread(traffic.start_rollout, model, spec, actor=_actor(request, context)))
+
+    async def get_rollout(request: Any, context: Any) -> Any:
+        model = _model(request)
+        status = traffic.rollout(model)
+        if status is None:
+            raise NotFoundError(f"endpoint '{model}' has no rollout")
+        return _json(status)
+
+    def action(name: str) -> Any:
+        async def run(request: Any, context: Any) -> Any:
+            method = getattr(traffic, f"{name}_rollout")
+            return _json(await asyncio.to_thread(method, _model(request), actor=_actor(request, context)))
+
+        return run
+
+    async def list_audit(request: Any, context: Any) -> Any:
+        entries = await asyncio.to_thread(traffic.audit, request.model or None, request.limit or 100)
+        return pb.AuditResponse(entries_json=[json.dumps(e, separators=(",", ":")) for e in entries])
+
+    read, change = "inference", "admin"
+    methods = {
+        "GetPolicy": (get_policy, pb.EndpointRequest, read),
+        "SetPolicy": (set_policy, pb.SetPolicyRequest, change),
+        "ClearPolicy": (clear_policy, pb.EndpointRequest, change),
+        "GetReadout": (readout, pb.ReadoutRequest, read),
+        "StartRollout": (start_rollout, pb.StartRolloutRequest, change),
+        "GetRollout": (get_rollout, pb.EndpointRequest, read),
+        "PauseRollout": (action("pause"), pb.EndpointRequest, change),
+        "ResumeRollout": (action("resume"), pb.EndpointRequest, change),
+        "PromoteRollout": (action("promote"), pb.EndpointRequest, change),
+        "AbortRollout": (action("abort"), pb.EndpointRequest, change),
+        "ListAudit": (list_audit, pb.AuditRequest, read),
+    }
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            frontend._unary_behaviour(name, fn, auth),
+            request_deserializer=frontend._deserializer(cls),
+            response_serializer=lambda m: m.SerializeToString(),
+        )
+        for name, (fn, cls, auth) in methods.items()
+    }
+    return grpc.method_handlers_generic_handler(TRAFFIC_SERVICE, handlers)

@@ -1,0 +1,127 @@
+"""HTTP routes of traffic management (modelserve's own, beside the protocol's ``/v2`` routes).
+Handlers only translate: decode, call ``runtime.traffic`` (a TrafficManager), encode.
+
+::
+
+    GET    /v2/models/{m}/traffic                 {"endpoint", "policy"} (policy null: none)
+    PUT    /v2/models/{m}/traffic                 body: a policy (modelserve.traffic.policy)
+    DELETE /v2/models/{m}/traffic                 requests go to the default version again
+    GET    /v2/models/{m}/traffic/readout         ?window_s=SECONDS: the A/B readout
+    GET    /v2/models/{m}/traffic/audit           ?limit=N: the endpoint's audit entries
+    GET    /v2/traffic/audit                      ?limit=N: every endpoint's
+    GET    /v2/models/{m}/rollout                 the current or last rollout (404: none)
+    POST   /v2/models/{m}/rollout                 body: a rollout spec; starts it
+    POST   /v2/models/{m}/rollout/{action}        pause | resume | promote | abort
+
+Changes need the admin token when one is set (else the inference token), reads the inference
+token. The actor recorded in the audit log is the ``X-Modelserve-Actor`` header, else
+``http:<client address>``. Errors use the shared status table: an invalid policy is 400, an
+unknown model, version or label 404, a target that is not READY 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.routing import Route
+
+from ..errors import InvalidArgumentError, NotFoundError
+
+__all__ = ["traffic_routes", "ACTOR_HEADER"]
+
+ACTOR_HEADER = "x-modelserve-actor"
+ACTIONS = ("pause", "resume", "promote", "abort")
+
+
+def _actor(request: Request) -> str:
+    given = request.headers.get(ACTOR_HEADER, "").strip()
+    if given:
+        return given[:200]
+    client = request.client.host if request.client else "unknown"
+    return f"http:{client}"
+
+
+def _query_number(request: Request, key: str, kind: type, what: str) -> Any:
+    raw = request.query_params.get(key)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise InvalidArgumentError(f"{what}: query parameter '{key}' must be a {kind.__name__}, got {raw!r}") from None
+    if value <= 0:
+        raise InvalidArgumentError(f"{what}: query parameter '{key}' must be > 0, got {raw!r}")
+    return value
+
+
+def traffic_routes(api: Any, route: Callable[..., Route], read_auth: Any, change_auth: Any) -> list[Route]:
+    """The routes above; ``api`` is the HTTP frontend's handler object (body parsing, replies),
+    ``route(path, handler, methods, check)`` wraps a handler with authorisation and errors."""
+    from .http import _json_reply  # the frontend's reply encoding
+
+    traffic = api.runtime.traffic
+
+    async def get_policy(request: Request) -> Any:
+        model, _ = api._target(request)
+        policy = traffic.get_policy(model)
+        if policy is None:
+            api.runtime.model_versions(model)  # an unknown model is a 404, not an empty policy
+        return _json_reply({"endpoint": model, "policy": policy})
+
+    async def set_policy(request: Request) -> Any:
+        model, _ = api._target(request)
+        body = await api._json_body(request, f"traffic policy of model '{model}'")
+        policy = await asyncio.to_thread(traffic.set_policy, model, body, actor=_actor(request))
+        return _json_reply({"endpoint": model, "policy": policy})
+
+    async def clear_policy(request: Request) -> Any:
+        model, _ = api._target(request)
+        await asyncio.to_thread(traffic.clear_policy, model, actor=_actor(request))
+        return _json_reply({"endpoint": model, "policy": None})
+
+    async def readout(request: Request) -> Any:
+        model, _ = api._target(request)
+        window = _query_number(request, "window_s", float, f"readout of model '{model}'")
+        return _json_reply(await asyncio.to_thread(traffic.readout, model, window))
+
+    async def audit(request: Request) -> Any:
+        model = request.path_params.get("model")
+        limit = _query_number(request, "limit", int, "audit log") or 100
+        entries = await asyncio.to_thread(traffic.audit, model, limit)
+        return _json_reply({"entries": entries})
+
+    async def get_rollout(request: Request) -> Any:
+        model, _ = api._target(request)
+        status = traffic.rollout(model)
+        if status is None:
+            raise NotFoundError(f"endpoint '{model}' has no rollout")
+        return _json_reply(status)
+
+    async def start_rollout(request: Request) -> Any:
+        model, _ = api._target(request)
+        body = await api._json_body(request, f"rollout of model '{model}'")
+        return _json_reply(await asyncio.to_thread(traffic.start_rollout, model, body, actor=_actor(request)))
+
+    async def rollout_action(request: Request) -> Any:
+        model, _ = api._target(request)
+        action = request.path_params["action"]
+        if action not in ACTIONS:
+            raise NotFoundError(f"no rollout action '{action}'; expected one of {', '.join(ACTIONS)}")
+        method = getattr(traffic, f"{action}_rollout")
+        return _json_reply(await asyncio.to_thread(method, model, actor=_actor(request)))
+
+    base = "/v2/models/{model}"
+    return [
+        route(base + "/traffic", get_policy, ["GET"], read_auth),
+        route(base + "/traffic", set_policy, ["PUT"], change_auth),
+        route(base + "/traffic", clear_policy, ["DELETE"], change_auth),
+        route(base + "/traffic/readout", readout, ["GET"], read_auth),
+        route(base + "/traffic/audit", audit, ["GET"], read_auth),
+        route("/v2/traffic/audit", audit, ["GET"], read_auth),
+        route(base + "/rollout", get_rollout, ["GET"], read_auth),
+        route(base + "/rollout", start_rollout, ["POST"], change_auth),
+        route(base + "/rollout/{action}", rollout_action, ["POST"], change_auth),
+    ]

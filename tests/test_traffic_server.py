@@ -1,0 +1,267 @@
+"""Traffic management through a real server on free ports: the HTTP routes, the gRPC
+``modelserve.v1.TrafficService``, inference that follows a policy (tritonclient, sticky keys in
+parameters and headers), metrics, and the ``modelserve traffic`` / ``rollout`` commands."""
+
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+from conftest import LoopThread
+from traffic_models import X, write_model
+
+from modelserve._proto import modelserve_pb2 as pb
+from modelserve._proto import modelserve_pb2_grpc as pb_grpc
+from modelserve.server.app import Server
+from modelserve.server.common import ServerOptions
+
+grpcclient = pytest.importorskip("tritonclient.grpc")
+httpclient = pytest.importorskip("tritonclient.http")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("repo")
+    write_model(repo, "m", {1: {}, 2: {}, 3: {"fail_every": 1}}, "labels: {stable: 1}\n")
+    (repo / "m" / "4").mkdir()
+    (repo / "m" / "4" / "model.py").write_text("raise RuntimeError('broken version')\n")
+    loop = LoopThread("traffic-server-test")
+    s = Server(repo, ServerOptions(http_port=0, grpc_port=0, shutdown_grace_s=0))
+    loop.run(s.start())
+    yield s
+    loop.run(s.shutdown())
+    loop.close()
+
+
+@pytest.fixture
+def clean(server):
+    """Every test starts without a policy or a running rollout."""
+    traffic = server.runtime.traffic
+    r = traffic.rollout("m")
+    if r is not None and r["state"] in ("RUNNING", "PAUSED"):
+        traffic.abort_rollout("m")
+    if traffic.get_policy("m") is not None:
+        traffic.clear_policy("m")
+    return server
+
+
+def call(server, method, path, body=None, headers=None):
+    """(status, JSON body) of an HTTP request to the server."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{server.http_port}{path}", data=data, method=method,
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            text = r.read()
+            return r.status, json.loads(text) if text else None
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def split(*weights, **extra):
+    return {"targets": [{"version": v, "weight": w} for v, w in weights], **extra}
+
+
+def http_infer(client, **kw):
+    inp = httpclient.InferInput("INPUT0", [4], "FP32")
+    inp.set_data_from_numpy(X)
+    result = client.infer("m", [inp], **kw)
+    return int(result.get_response()["model_version"]), int(result.as_numpy("CLASS")[0])
+
+
+def grpc_infer(client, **kw):
+    inp = grpcclient.InferInput("INPUT0", [4], "FP32")
+    inp.set_data_from_numpy(X)
+    result = client.infer("m", [inp], **kw)
+    return int(result.get_response().model_version), int(result.as_numpy("CLASS")[0])
+
+
+# --- HTTP ---------------------------------------------------------------------------------------
+
+
+def test_http_sets_gets_and_clears_a_policy_with_an_audited_actor(clean):
+    status, body = call(clean, "PUT", "/v2/models/m/traffic", split((1, 70), (2, 30)),
+                        {"X-Modelserve-Actor": "alice"})
+    assert status == 200 and body == {"endpoint": "m", "policy": split((1, 70), (2, 30))}
+    assert call(clean, "GET", "/v2/models/m/traffic") == (200, {"endpoint": "m", "policy": split((1, 70), (2, 30))})
+    assert call(clean, "DELETE", "/v2/models/m/traffic")[0] == 200
+    assert call(clean, "GET", "/v2/models/m/traffic") == (200, {"endpoint": "m", "policy": None})
+    status, body = call(clean, "GET", "/v2/models/m/traffic/audit?limit=2")
+    assert [(e["actor"], e["action"]) for e in body["entries"]] == [("alice", "policy.set"), ("http:127.0.0.1", "policy.clear")]
+    assert call(clean, "GET", "/v2/traffic/audit")[1]["entries"][-1]["action"] == "policy.clear"
+
+
+@pytest.mark.parametrize("policy, status, words", [
+    (split((1, 90), (2, 5)), 400, "weights adding up to 100, got 95"),
+    (split((1, 90), (9, 10)), 404, "no version 9"),
+    (split((1, 90), (4, 10)), 503, "targets must be READY"),
+    ({"targets": [{"version": 1, "weight": 100}], "sticky": "u"}, 400, "sticky: unknown key"),
+])
+def test_http_rejects_invalid_policies_with_the_status_table(clean, policy, status, words):
+    code, body = call(clean, "PUT", "/v2/models/m/traffic", policy)
+    assert code == status and words in body["error"]
+    assert call(clean, "GET", "/v2/models/nope/traffic")[0] == 404
+
+
+def test_http_inference_follows_the_policy_and_reports_the_version_that_ran(clean):
+    call(clean, "PUT", "/v2/models/m/traffic", split((1, 0), (2, 100)))
+    with httpclient.InferenceServerClient(f"127.0.0.1:{clean.http_port}") as c:
+        assert {http_infer(c) for _ in range(10)} == {(2, 2)}
+        assert http_infer(c, model_version="1") == (1, 1)  # an explicit version bypasses the split
+
+
+def test_http_sticky_key_from_a_parameter_or_a_header(clean):
+    call(clean, "PUT", "/v2/models/m/traffic", split((1, 50), (2, 50), sticky_key="user_id"))
+    with httpclient.InferenceServerClient(f"127.0.0.1:{clean.http_port}") as c:
+        by_param = {u: http_infer(c, parameters={"user_id": str(u)})[0] for u in range(40)}
+        assert set(by_param.values()) == {1, 2}
+        for u in range(40):
+            assert http_infer(c, parameters={"user_id": str(u)})[0] == by_param[u]
+            assert http_infer(c, headers={"user_id": str(u)})[0] == by_param[u]
+
+
+def test_http_readout_and_metrics_are_labelled_by_endpoint_and_target(clean):
+    call(clean, "PUT", "/v2/models/m/traffic", split((1, 50), (2, 50)))
+    with httpclient.InferenceServerClient(f"127.0.0.1:{clean.http_port}") as c:
+        for _ in range(40):
+            http_infer(c)
+    status, readout = call(clean, "GET", "/v2/models/m/traffic/readout?window_s=600")
+    assert status == 200 and readout["baseline"] == "1"
+    rows = {r["target"]: r for r in readout["targets"]}
+    assert rows["1"]["requests"] + rows["2"]["requests"] >= 40 and "vs_baseline" in rows["2"]
+    assert call(clean, "GET", "/v2/models/m/traffic/readout?window_s=x")[0] == 400
+    with urllib.request.urlopen(f"http://127.0.0.1:{clean.http_port}/metrics") as r:
+        text = r.read().decode()
+    assert 'modelserve_traffic_requests_total{endpoint="m",outcome="success",target="2"}' in text
+    assert 'modelserve_traffic_weight_percent{endpoint="m",target="1"} 50.0' in text
+    assert 'modelserve_traffic_request_duration_seconds_bucket{endpoint="m",le="+Inf",target="1"}' in text
+
+
+def test_http_rollout_rolls_back_a_failing_candidate_on_its_own(clean):
+    spec = {"candidate": {"version": 3}, "steps": [50, 100], "step_interval_s": 60, "min_requests": 5}
+    status, body = call(clean, "POST", "/v2/models/m/rollout", spec, {"X-Modelserve-Actor": "ci"})
+    assert status == 200 and body["state"] == "RUNNING" and body["weight"] == 50
+    assert call(clean, "POST", "/v2/models/m/rollout", spec)[0] == 400  # one at a time
+    with httpclient.InferenceServerClient(f"127.0.0.1:{clean.http_port}") as c:
+        deadline = time.monotonic() + 30
+        while call(clean, "GET", "/v2/models/m/rollout")[1]["state"] == "RUNNING":
+            assert time.monotonic() < deadline
+            try:
+                http_infer(c)
+            except Exception:
+                pass
+        assert {http_infer(c) for _ in range(10)} == {(1, 1)}  # all on the baseline now
+    r = call(clean, "GET", "/v2/models/m/rollout")[1]
+    assert r["state"] == "ROLLED_BACK" and r["verdict"]["gate"] == "error_rate"
+
+
+def test_http_rollout_actions(clean):
+    spec = {"candidate": {"version": 2}, "steps": [10, 100], "step_interval_s": 600}
+    assert call(clean, "POST", "/v2/models/m/rollout", spec)[0] == 200
+    assert call(clean, "POST", "/v2/models/m/rollout/pause")[1]["state"] == "PAUSED"
+    assert call(clean, "POST", "/v2/models/m/rollout/resume")[1]["state"] == "RUNNING"
+    assert call(clean, "POST", "/v2/models/m/rollout/jump")[0] == 404
+    assert call(clean, "POST", "/v2/models/m/rollout/abort")[1]["state"] == "ABORTED"
+    assert call(clean, "POST", "/v2/models/m/rollout/abort")[0] == 400
+
+
+# --- gRPC ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def stub(clean):
+    with grpc.insecure_channel(f"127.0.0.1:{clean.grpc_port}") as channel:
+        yield pb_grpc.TrafficServiceStub(channel)
+
+
+def test_grpc_traffic_service(stub, clean):
+    reply = stub.SetPolicy(pb.SetPolicyRequest(model="m", actor="bob", policy_json=json.dumps(split((1, 20), (2, 80)))))
+    assert json.loads(reply.json)["policy"] == split((1, 20), (2, 80))
+    assert json.loads(stub.GetPolicy(pb.EndpointRequest(model="m")).json)["policy"] == split((1, 20), (2, 80))
+    with grpcclient.InferenceServerClient(f"127.0.0.1:{clean.grpc_port}") as c:
+        answers = [grpc_infer(c) for _ in range(30)]
+    assert {v for v, cls in answers} <= {1, 2} and all(v == cls for v, cls in answers)
+    readout = json.loads(stub.GetReadout(pb.ReadoutRequest(model="m")).json)
+    assert sum(r["requests"] for r in readout["targets"]) >= 30
+    entries = [json.loads(e) for e in stub.ListAudit(pb.AuditRequest(model="m", limit=1)).entries_json]
+    assert [(e["actor"], e["action"]) for e in entries] == [("bob", "policy.set")]
+    stub.ClearPolicy(pb.EndpointRequest(model="m"))
+    assert json.loads(stub.GetPolicy(pb.EndpointRequest(model="m")).json)["policy"] is None
+
+
+def test_grpc_errors_use_the_status_table(stub):
+    with pytest.raises(grpc.RpcError) as e:
+        stub.SetPolicy(pb.SetPolicyRequest(model="m", policy_json=json.dumps(split((1, 99)))))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "got 99" in e.value.details()
+    with pytest.raises(grpc.RpcError) as e:
+        stub.SetPolicy(pb.SetPolicyRequest(model="m", policy_json="{not json"))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as e:
+        stub.GetRollout(pb.EndpointRequest(model="nope"))
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_grpc_sticky_key_from_a_parameter_or_metadata(stub, clean):
+    stub.SetPolicy(pb.SetPolicyRequest(model="m", policy_json=json.dumps(split((1, 50), (2, 50), sticky_key="user_id"))))
+    with grpcclient.InferenceServerClient(f"127.0.0.1:{clean.grpc_port}") as c:
+        first = {u: grpc_infer(c, parameters={"user_id": str(u)})[0] for u in range(30)}
+        assert set(first.values()) == {1, 2}
+        for u in range(30):
+            assert grpc_infer(c, headers={"user_id": str(u)})[0] == first[u]
+
+
+def test_grpc_rollout_promotes_a_healthy_candidate(stub, clean):
+    spec = {"candidate": {"version": 2}, "steps": [50, 100], "step_interval_s": 0.3, "min_requests": 5,
+            "gates": {"p99_latency": {"margin": 10, "slack_ms": 1000}}}
+    stub.StartRollout(pb.StartRolloutRequest(model="m", rollout_json=json.dumps(spec)))
+    with grpcclient.InferenceServerClient(f"127.0.0.1:{clean.grpc_port}") as c:
+        deadline = time.monotonic() + 30
+        while json.loads(stub.GetRollout(pb.EndpointRequest(model="m")).json)["state"] == "RUNNING":
+            assert time.monotonic() < deadline
+            grpc_infer(c)
+    status = json.loads(stub.GetRollout(pb.EndpointRequest(model="m")).json)
+    assert status["state"] == "PROMOTED" and status["verdict"]["stable"] == 2
+    assert clean.runtime.model_versions("m")["labels"]["stable"] == 2
+    clean.runtime.set_label("m", "stable", 1)
+
+
+# --- CLI ----------------------------------------------------------------------------------------
+
+
+def cli(server, *args):
+    return subprocess.run([sys.executable, "-m", "modelserve.cli", *args, "--url",
+                           f"http://127.0.0.1:{server.http_port}", "--actor", "cli-user"],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_cli_traffic_commands(clean):
+    out = cli(clean, "traffic", "set", "m", "stable=90", "2=10", "--sticky-key", "user_id", "--shadow", "3=50")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["policy"]["targets"] == [{"version": "stable", "weight": 90}, {"version": 2, "weight": 10}]
+    assert json.loads(cli(clean, "traffic", "get", "m").stdout)["policy"]["sticky_key"] == "user_id"
+    for u in range(30):
+        clean.runtime.infer("m", {"INPUT0": X}, routing={"user_id": u})
+    out = cli(clean, "traffic", "readout", "m")
+    assert out.returncode == 0 and "baseline stable" in out.stdout and "shadow 3:" in out.stdout
+    assert json.loads(cli(clean, "traffic", "readout", "m", "--json").stdout)["sticky_key"] == "user_id"
+    audit = [json.loads(line) for line in cli(clean, "traffic", "audit", "m", "--limit", "1").stdout.splitlines()]
+    assert audit[0]["actor"] == "cli-user" and audit[0]["action"] == "policy.set"
+    bad = cli(clean, "traffic", "set", "m", "1=50")
+    assert bad.returncode == 1 and "got 50" in bad.stderr and "HTTP 400" in bad.stderr
+    assert cli(clean, "traffic", "clear", "m").returncode == 0
+
+
+def test_cli_rollout_commands(clean):
+    out = cli(clean, "rollout", "start", "m", "--candidate", "2", "--steps", "10,100", "--interval", "600")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["baseline"] == "stable"
+    assert json.loads(cli(clean, "rollout", "pause", "m").stdout)["state"] == "PAUSED"
+    assert json.loads(cli(clean, "rollout", "status", "m").stdout)["weight"] == 10
+    assert json.loads(cli(clean, "rollout", "abort", "m").stdout)["state"] == "ABORTED"
+    missing = cli(clean, "rollout", "start", "m")
+    assert missing.returncode == 1 and "--candidate" in missing.stderr
