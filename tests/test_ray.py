@@ -261,6 +261,47 @@ def test_autoscaling_adds_replicas_under_load_and_removes_them_after(app):
     _wait(lambda: _replicas("mlp-v1") == {"RUNNING": 1}, 120, "mlp to scale back to 1 replica when idle")
 
 
+# --- traffic: a canary rollout on the cluster ---------------------------------------------------
+
+
+def _http_json(app, method: str, path: str, body=None):
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"http://{app['http']}{path}", data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        return json.loads(reply.read() or b"null")
+
+
+def test_canary_rollout_on_the_cluster_promotes_a_healthy_candidate(app):
+    # recommender serves 1 (label stable) and 2; the rollout splits requests that name no
+    # version between them in the ingress, and promotes 2 once its gates pass at 100%.
+    spec = {
+        "candidate": {"version": 2}, "baseline": {"version": "stable"}, "steps": [50, 100],
+        "step_interval_s": 1, "window_s": 60, "min_requests": 10,
+        # Healthy means no errors here; latency on a shared 2-core machine is too noisy to gate on.
+        "gates": {"error_rate": {"margin": 0.05}, "p99_latency": {"margin": 100, "slack_ms": 10000}},
+    }
+    started = _http_json(app, "POST", "/v2/models/recommender/rollout", spec)
+    assert started["state"] == "RUNNING" and started["weight"] == 50
+
+    client = grpcclient.InferenceServerClient(app["grpc"])
+    users = grpcclient.InferInput("USER_ID", [1, 1], "INT64")
+    users.set_data_from_numpy(np.array([[7]], np.int64))
+    answered: Counter = Counter()
+
+    def promoted():
+        for _ in range(10):
+            answered[client.infer("recommender", [users]).get_response().model_version] += 1
+        return _http_json(app, "GET", "/v2/models/recommender/rollout")["state"] == "PROMOTED"
+
+    _wait(promoted, 180, "the rollout of version 2 to be promoted", interval=0)
+    assert answered["1"] > 0 and answered["2"] > 0  # both versions took traffic during the rollout
+    assert client.infer("recommender", [users], model_version="stable").get_response().model_version == "2"
+    assert {client.infer("recommender", [users]).get_response().model_version for _ in range(10)} == {"2"}
+    text = _metrics(app)
+    assert 'endpoint="recommender"' in text  # the ingress's traffic metrics are in /metrics too
+
+
 # --- losing a node -----------------------------------------------------------------------------
 
 

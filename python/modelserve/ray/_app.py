@@ -93,7 +93,9 @@ def plan(repository: str | Path, models: Iterable[str] | None = None) -> dict[st
                 raise InvalidArgumentError(
                     f"model '{name}': label '{label}' points at version {v}, which is not served; served: {versions}"
                 )
-        out[name] = {"config": config, "versions": versions, "labels": dict(config.labels), "default": max(versions)}
+        traffic = config.traffic.model_dump(mode="json", exclude_defaults=True) if config.traffic else None
+        out[name] = {"config": config, "versions": versions, "labels": dict(config.labels), "default": max(versions),
+                     "traffic": traffic}
     return out
 
 
@@ -104,11 +106,13 @@ def build_app(
     ingress_replicas: int = 1,
     ingress_actor_options: Mapping[str, Any] | None = None,
     max_message_bytes: int = 64 * 1024 * 1024,
+    traffic_state_dir: str | Path | None = None,
 ) -> serve.Application:
     """The Ray Serve application for ``repository`` (see the module docstring). The repository
     must be at the same absolute path on every node. ``ingress_actor_options`` are Ray actor
     options for the ingress and the metrics directory (e.g. ``{"resources": {"head": 0.01}}``
-    to keep routing on the head node)."""
+    to keep routing on the head node). ``traffic_state_dir``: where the ingress keeps traffic
+    policies, rollouts and their audit log (a folder every node sees; None: in memory)."""
     root = Path(repository).resolve()
     served = plan(root, models)
     extra = dict(ingress_actor_options or {})
@@ -125,12 +129,15 @@ def build_app(
             "versions": {v: deployment_name(name, v) for v in entry["versions"]},
             "labels": entry["labels"],
             "default": entry["default"],
+            "traffic": entry["traffic"],
         }
     ingress = serve.deployment(serve.ingress()(Ingress)).options(
         name="ingress", num_replicas=ingress_replicas, ray_actor_options={"num_cpus": INGRESS_NUM_CPUS, **extra},
         max_ongoing_requests=1000,
     )
-    return ingress.bind(spec, handles, directory, {"max_message_bytes": max_message_bytes})
+    options = {"max_message_bytes": max_message_bytes,
+               "traffic_state_dir": str(traffic_state_dir) if traffic_state_dir is not None else None}
+    return ingress.bind(spec, handles, directory, options)
 
 
 def deploy(
@@ -146,6 +153,7 @@ def deploy(
     ingress_replicas: int = 1,
     ingress_actor_options: Mapping[str, Any] | None = None,
     max_message_bytes: int = 64 * 1024 * 1024,
+    traffic_state_dir: str | Path | None = None,
     blocking: bool = False,
 ) -> Mapping[str, Any]:
     """Deploys ``repository`` as the Ray Serve application ``name`` and waits until it is
@@ -170,6 +178,7 @@ def deploy(
         logging_config=logging_config,
     )
     app = build_app(repository, models=models, ingress_replicas=ingress_replicas,
-                    ingress_actor_options=ingress_actor_options, max_message_bytes=max_message_bytes)
+                    ingress_actor_options=ingress_actor_options, max_message_bytes=max_message_bytes,
+                    traffic_state_dir=traffic_state_dir)
     serve.run(app, name=name, route_prefix="/", blocking=blocking, logging_config=logging_config)
     return {"name": name, "http": f"{host}:{http_port}", "grpc": f"{host}:{grpc_port}"}

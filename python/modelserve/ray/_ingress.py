@@ -19,6 +19,16 @@ same place. Metadata, configs and statistics come from the version replicas them
 start and refreshed every ``REFRESH_S`` seconds (statistics over the protocol are those of the
 replica that answered the last refresh; ``/metrics`` has every replica's).
 
+Note [Traffic on the cluster]
+~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+The ingress runs the same :class:`~modelserve.traffic.TrafficManager` as a single server, with
+:class:`ClusterCatalog` as its Catalog: a request that names no version goes where the model's
+policy sends it, shadows are copied to their version deployments, and rollouts advance on the
+ingress's event loop. Policies set over HTTP (``/v2/models/{m}/traffic``, ``/rollout``), rollouts
+and labels moved by a promotion live in the ingress replica (and in ``traffic_state_dir`` when one
+is given: a folder every node sees), so run one ingress replica, the default, when using them;
+policies in config.yaml are applied by every ingress replica at start.
+
 Note [Errors across the hop]
 ~~~~~~~~~~~~~~~~~~~~~~~~~~~~
 A replica reports a modelserve error as (class name, message) and the ingress raises the same
@@ -43,11 +53,14 @@ from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from ..errors import ModelserveError, NotFoundError, UnavailableError, UnimplementedError
+from ..errors import InvalidArgumentError, ModelserveError, NotFoundError, UnavailableError, UnimplementedError
+from ..runtime import Served
 from ..server.common import ServerOptions
 from ..server.grpc import GrpcFrontend
 from ..server.health import Health
 from ..server.http import create_app
+from ..server.traffic_metrics import TrafficCollector
+from ..traffic import Signature, TrafficManager
 from ._replica import decode_tensors, encode_tensors, raise_remote_error
 
 __all__ = ["ClusterCatalog", "Ingress", "GRPC_UNARY_RPCS"]
@@ -75,18 +88,37 @@ class ClusterCatalog:
     "default": number}}}``; ``handles``: deployment name -> DeploymentHandle.
     """
 
-    def __init__(self, spec: Mapping[str, Any], handles: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        spec: Mapping[str, Any],
+        handles: Mapping[str, Any],
+        *,
+        traffic_state_dir: str | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         self.models: dict[str, dict[str, Any]] = {
             name: {
                 "versions": {int(v): d for v, d in m["versions"].items()},
                 "labels": {label: int(v) for label, v in m.get("labels", {}).items()},
                 "default": int(m["default"]),
+                "traffic": m.get("traffic"),
             }
             for name, m in spec["models"].items()
         }
         self.handles = dict(handles)
         self._described: dict[tuple[str, int], dict[str, Any]] = {}
         self._failures: dict[tuple[str, int], str] = {}
+        #: Splits, sticky keys, shadows and rollouts (Note [Traffic on the cluster]); this object
+        #: is its Catalog. Shadows and rollout ticks run on ``loop``, the ingress replica's own.
+        self.traffic = TrafficManager(self, state_dir=traffic_state_dir, loop=loop)
+
+    def start_traffic(self) -> None:
+        """Restores saved traffic state, then applies the config.yaml policies nothing saved
+        overrides (as the Runtime does at start)."""
+        self.traffic.restore()
+        for name, info in self.models.items():
+            if info["traffic"] is not None:
+                self.traffic.apply_config(name, info["traffic"])
 
     # --- the version replicas' view ----------------------------------------------------------
     async def refresh(self) -> None:
@@ -146,6 +178,35 @@ class ClusterCatalog:
         number = self.resolve_version(model, version)
         return number, self.handles[self.models[model]["versions"][number]]
 
+    async def infer_routed_async(
+        self,
+        model: str,
+        inputs: Mapping[str, Any],
+        *,
+        version: int | str | None = None,
+        outputs: Any = None,
+        priority: int = 0,
+        timeout_us: int = 0,
+        as_numpy: bool = True,
+        routing: Mapping[str, Any] | None = None,
+    ) -> Served:
+        """Runs one request where the model's traffic policy sends it (when it names no
+        version and the model has a policy), else on ``version``; returns the outputs and the
+        model and version number that ran, as :meth:`modelserve.Runtime.infer_routed_async`."""
+        endpoint = self.traffic.active.get(model) if version is None else None
+        routed = endpoint.route(routing) if endpoint is not None else None
+        target, target_version = (routed.model, routed.version) if routed is not None else (model, version)
+        try:
+            number = self.resolve_version(target, target_version)
+            out = await self._dispatch(target, number, inputs, outputs, priority, timeout_us, as_numpy)
+        except BaseException as e:
+            if routed is not None:
+                routed.fail(e)
+            raise
+        if routed is not None:
+            routed.finish(inputs, out)
+        return Served(out, target, number)
+
     async def infer_async(
         self,
         model: str,
@@ -156,8 +217,19 @@ class ClusterCatalog:
         priority: int = 0,
         timeout_us: int = 0,
         as_numpy: bool = True,
+        routing: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        number, handle = self.route(model, version)
+        served = await self.infer_routed_async(
+            model, inputs, version=version, outputs=outputs, priority=priority, timeout_us=timeout_us,
+            as_numpy=as_numpy, routing=routing,
+        )
+        return served.outputs
+
+    async def _dispatch(
+        self, model: str, number: int, inputs: Mapping[str, Any], outputs: Any, priority: int, timeout_us: int,
+        as_numpy: bool,
+    ) -> dict[str, Any]:
+        handle = self.handles[self.models[model]["versions"][number]]
         try:
             status, payload = await handle.infer.remote(
                 encode_tensors(inputs), list(outputs) if outputs else None, priority, timeout_us
@@ -174,6 +246,40 @@ class ClusterCatalog:
             raise_remote_error(payload)
         results = decode_tensors(payload)
         return {k: t.numpy() for k, t in results.items()} if as_numpy else results
+
+    # --- the traffic manager's Catalog -------------------------------------------------------
+    def resolve(self, model: str, version: int | str | None) -> int:
+        return self.resolve_version(model, version)
+
+    def state(self, model: str, version: int) -> str:
+        number = self.resolve_version(model, version)
+        return "READY" if self.model_ready(model, number) else "UNAVAILABLE"
+
+    def signature(self, model: str, version: int) -> Signature:
+        config = self._described_version(model, version)["config"]
+
+        def tensors(key: str) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
+            return tuple((t["name"], t["datatype"], tuple(t["shape"])) for t in config[key])
+
+        return Signature(tensors("inputs"), tensors("outputs"), config["max_batch_size"] > 0)
+
+    def labels(self, model: str) -> dict[str, int]:
+        return dict(self._model(model)["labels"])
+
+    def set_label(self, model: str, label: str, version: int) -> None:
+        """Points ``label`` at ``version`` in this ingress (Note [Traffic on the cluster])."""
+        info = self._model(model)
+        if not label or label.isdigit() or label == "latest":
+            raise InvalidArgumentError(f"model '{model}': '{label}' cannot be a label (a number or 'latest')")
+        number = self.resolve_version(model, version)
+        if not self.model_ready(model, number):
+            raise UnavailableError(f"model '{model}': cannot point label '{label}' at version {number}: it is not READY")
+        info["labels"][label] = number
+
+    async def infer(self, model: str, version: int | str | None, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """One request on (model, version), bypassing the policy (shadow copies)."""
+        number = self.resolve_version(model, version)
+        return await self._dispatch(model, number, inputs, None, 0, 0, True)
 
     # --- what the frontends read -------------------------------------------------------------
     def live(self) -> bool:
@@ -283,11 +389,15 @@ class Ingress:
         self, spec: Mapping[str, Any], handles: Mapping[str, Any], directory: Any = None,
         options: Mapping[str, Any] | None = None,
     ) -> None:
-        self.catalog = ClusterCatalog(spec, handles)
         self.directory = directory
-        self.options = ServerOptions(**(options or {}))
+        options = dict(options or {})
+        traffic_state_dir = options.pop("traffic_state_dir", None)
+        self.catalog = ClusterCatalog(spec, handles, traffic_state_dir=traffic_state_dir,
+                                      loop=asyncio.get_running_loop())
+        self.options = ServerOptions(**options)
         self.health = Health(self.catalog)  # type: ignore[arg-type]
         await self.catalog.refresh()
+        self.catalog.start_traffic()
         frontend = GrpcFrontend(self.catalog, self.options, self.health)  # type: ignore[arg-type]
         self._grpc = frontend._handlers()  # the single server's handlers, one per rpc
         self._refresher = asyncio.get_running_loop().create_task(self._refresh_loop())
@@ -330,6 +440,8 @@ class Ingress:
             texts = await asyncio.gather(*(asyncio.to_thread(_fetch, u) for u in urls), return_exceptions=True)
             registry = CollectorRegistry(auto_describe=False)
             registry.register(_Merged([t for t in texts if isinstance(t, str)]))
+            # Traffic metrics (by endpoint and target) are the ingress's own: its router counts them.
+            registry.register(TrafficCollector(self.catalog.traffic))
             status, body, content_type = 200, generate_latest(registry), CONTENT_TYPE_LATEST
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]})
@@ -351,6 +463,9 @@ class Ingress:
         refresher = getattr(self, "_refresher", None)
         if refresher is not None:
             refresher.cancel()
+        catalog = getattr(self, "catalog", None)
+        if catalog is not None:
+            catalog.traffic.close()
 
 
 class _Aborted(Exception):
@@ -366,6 +481,9 @@ class _Context:
 
     def invocation_metadata(self) -> Any:
         return self._ray.invocation_metadata() if self._ray is not None else ()
+
+    def peer(self) -> str:
+        return self._ray.peer() if self._ray is not None else ""
 
     def time_remaining(self) -> float | None:
         return None  # Ray's proxy does not pass the client's deadline on (request_timeout_s bounds it)

@@ -96,7 +96,8 @@ def _stage_version(repository: Path, model: str, version: int) -> tempfile.Tempo
     if (source / CONFIG_FILE).exists():
         config = yaml.safe_load((source / CONFIG_FILE).read_text()) or {}
     config["version_policy"] = {"specific": [version]}
-    config.pop("labels", None)  # routing (labels, default) is the ingress's business
+    for key in ("labels", "traffic"):  # routing (labels, default, policies) is the ingress's business
+        config.pop(key, None)
     (target / CONFIG_FILE).write_text(yaml.safe_dump(config))
     for entry in source.iterdir():
         if entry.name == CONFIG_FILE or (entry.name.isdigit() and entry.name != str(version)):

@@ -25,6 +25,7 @@ def _deploy(args: argparse.Namespace) -> int:
         proxy_location=args.proxy_location,
         ingress_replicas=args.ingress_replicas,
         max_message_bytes=args.max_message_bytes,
+        traffic_state_dir=args.state_dir,
         blocking=args.blocking,
     )
     print(json.dumps(where), file=sys.stdout)
@@ -49,5 +50,7 @@ def add_parser(sub: Any) -> None:
     d.add_argument("--ingress-replicas", type=int, default=1, help="replicas of the routing ingress (default 1)")
     d.add_argument("--max-message-bytes", type=int, default=64 * 1024 * 1024,
                    help="largest gRPC message / HTTP body the ingress accepts (default 64 MiB)")
+    d.add_argument("--state-dir", metavar="PATH",
+                   help="traffic policies, rollouts and their audit log, on storage every node sees (default: in memory)")
     d.add_argument("--blocking", action="store_true", help="stay in the foreground, logging status, until Ctrl-C")
     d.set_defaults(run=_deploy)
