@@ -121,12 +121,16 @@ def app(cluster, tmp_path_factory):
         with open(repo / name / "config.yaml", "a") as f:
             f.write("\n" + section)
     http_port, grpc_port = _free_port(), _free_port()
-    where = modelserve_ray.deploy(
-        repo, name=APP, host="127.0.0.1", http_port=http_port, grpc_port=grpc_port, proxy_location="HeadOnly",
-        ingress_actor_options={"resources": {"head": 0.01}},  # routing stays on the node that stays
-    )
+
+    def deploy():
+        return modelserve_ray.deploy(
+            repo, name=APP, host="127.0.0.1", http_port=http_port, grpc_port=grpc_port, proxy_location="HeadOnly",
+            ingress_actor_options={"resources": {"head": 0.01}},  # routing stays on the node that stays
+        )
+
+    where = deploy()
     assert where == {"name": APP, "http": f"127.0.0.1:{http_port}", "grpc": f"127.0.0.1:{grpc_port}"}
-    return {"repo": repo, "http": f"127.0.0.1:{http_port}", "grpc": f"127.0.0.1:{grpc_port}"}
+    return {"repo": repo, "http": f"127.0.0.1:{http_port}", "grpc": f"127.0.0.1:{grpc_port}", "deploy": deploy}
 
 
 def _add_sub_inputs(module, x):
@@ -300,6 +304,42 @@ def test_canary_rollout_on_the_cluster_promotes_a_healthy_candidate(app):
     assert {client.infer("recommender", [users]).get_response().model_version for _ in range(10)} == {"2"}
     text = _metrics(app)
     assert 'endpoint="recommender"' in text  # the ingress's traffic metrics are in /metrics too
+
+
+# --- a version swap -----------------------------------------------------------------------------
+
+
+def test_version_swap_rolls_replicas_without_failed_requests(app):
+    shutil.copytree(app["repo"] / "mlp" / "1", app["repo"] / "mlp" / "2")  # a new version appears
+    stop = threading.Event()
+    answered: Counter = Counter()
+    failures: list[str] = []
+
+    def load():
+        client = grpcclient.InferenceServerClient(app["grpc"])
+        inputs = _mlp_inputs(grpcclient)
+        while not stop.is_set():
+            try:
+                answered[client.infer("mlp", inputs).get_response().model_version] += 1
+            except InferenceServerException as e:
+                failures.append(f"{e.status()}: {e.message()}")
+
+    threads = [threading.Thread(target=load, daemon=True) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        _wait(lambda: answered["1"] >= 20, 60, "requests before the swap")
+        app["deploy"]()  # the cluster's swap: deploy the repository again
+        _wait(lambda: answered["2"] >= 20, 120, "requests answered by version 2 after the swap")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert failures == []
+    client = grpcclient.InferenceServerClient(app["grpc"])
+    # The superseded version stays served, by number (keep_previous_versions: 1), as on one server.
+    assert client.infer("mlp", _mlp_inputs(grpcclient), model_version="1").get_response().model_version == "1"
+    assert list(client.get_model_metadata("mlp").versions) == ["1", "2"]
 
 
 # --- losing a node -----------------------------------------------------------------------------

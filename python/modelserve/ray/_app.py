@@ -10,6 +10,16 @@ The application (:func:`build_app`)::
 Which versions are served, their labels and the default come from each model's config.yaml
 (``version_policy``, ``labels``) exactly as on one server; the replicas and resources of each
 version come from its ``ray`` section (:class:`modelserve.config.RayConfig`).
+
+Note [Swaps on the cluster]
+~~~~~~~~~~~~~~~~~~~~~~~~~~~
+``modelserve ray deploy`` again after a new version folder appears is the cluster's
+zero-downtime swap. The new version's deployment starts beside the serving ones; the ingress's
+spec changes (its default is the new version), so Ray Serve rolls the ingress: a new ingress
+replica starts, reads every version replica, and only then takes requests, while the old one
+finishes what it has. The superseded version stays deployed (``keep_previous_versions``, see
+:func:`plan`), so requests the old ingress still routes to it succeed; it goes at a later deploy.
+Deployments whose arguments did not change keep their replicas.
 """
 
 from __future__ import annotations
@@ -68,11 +78,16 @@ def _deployment_options(model: str, version: int, ray_config: RayConfig) -> dict
     return options
 
 
-def plan(repository: str | Path, models: Iterable[str] | None = None) -> dict[str, Any]:
-    """What the application serves: ``{model: {"config", "versions", "labels", "default"}}``,
-    from the repository's folders and configs (version policy and labels as on one server).
-    Raises when a config is invalid, a label names a version that is not served, or a model
-    asked for is missing."""
+def plan(
+    repository: str | Path, models: Iterable[str] | None = None, previous: Mapping[str, Iterable[int]] | None = None
+) -> dict[str, Any]:
+    """What the application serves: ``{model: {"config", "versions", "labels", "default",
+    "traffic"}}``, from the repository's folders and configs (version policy and labels as on
+    one server). ``previous``: the versions each model served before (a redeploy); the newest
+    ``keep_previous_versions`` of those the policy no longer selects stay served, reachable by
+    number, as a single server keeps superseded versions loaded for rollback (Note [Swaps on the
+    cluster]). Raises when a config is invalid, a label names a version that is not served, or
+    a model asked for is missing."""
     root = Path(repository)
     scan = scan_repository(root)
     names = list(models) if models else sorted(scan)
@@ -88,13 +103,17 @@ def plan(repository: str | Path, models: Iterable[str] | None = None) -> dict[st
                 f"model '{name}': version_policy {config.version_policy.model_dump(exclude_none=True)} selects no "
                 f"version of those on disk {sorted(scan[name].versions)}"
             )
+        on_disk = set(scan[name].versions)
+        superseded = sorted((set((previous or {}).get(name, ())) & on_disk) - set(versions), reverse=True)
+        default = max(versions)
+        versions = sorted(set(versions) | set(superseded[: config.keep_previous_versions]))
         for label, v in config.labels.items():
             if v not in versions:
                 raise InvalidArgumentError(
                     f"model '{name}': label '{label}' points at version {v}, which is not served; served: {versions}"
                 )
         traffic = config.traffic.model_dump(mode="json", exclude_defaults=True) if config.traffic else None
-        out[name] = {"config": config, "versions": versions, "labels": dict(config.labels), "default": max(versions),
+        out[name] = {"config": config, "versions": versions, "labels": dict(config.labels), "default": default,
                      "traffic": traffic}
     return out
 
@@ -107,6 +126,7 @@ def build_app(
     ingress_actor_options: Mapping[str, Any] | None = None,
     max_message_bytes: int = 64 * 1024 * 1024,
     traffic_state_dir: str | Path | None = None,
+    previous: Mapping[str, Iterable[int]] | None = None,
 ) -> serve.Application:
     """The Ray Serve application for ``repository`` (see the module docstring). The repository
     must be at the same absolute path on every node. ``ingress_actor_options`` are Ray actor
@@ -114,7 +134,7 @@ def build_app(
     to keep routing on the head node). ``traffic_state_dir``: where the ingress keeps traffic
     policies, rollouts and their audit log (a folder every node sees; None: in memory)."""
     root = Path(repository).resolve()
-    served = plan(root, models)
+    served = plan(root, models, previous)
     extra = dict(ingress_actor_options or {})
     directory = MetricsDirectory.options(name="metrics-directory", num_replicas=1,
                                          ray_actor_options={"num_cpus": 0, **extra}).bind()
@@ -138,6 +158,17 @@ def build_app(
     options = {"max_message_bytes": max_message_bytes,
                "traffic_state_dir": str(traffic_state_dir) if traffic_state_dir is not None else None}
     return ingress.bind(spec, handles, directory, options)
+
+
+def _served_versions(app: str) -> dict[str, list[int]]:
+    """The model versions application ``app`` serves now, from its deployments' names."""
+    status = serve.status().applications.get(app)
+    out: dict[str, list[int]] = {}
+    for deployment in status.deployments if status is not None else ():
+        model, sep, version = deployment.rpartition("-v")
+        if sep and model and version.isdigit():
+            out.setdefault(model, []).append(int(version))
+    return out
 
 
 def deploy(
@@ -164,8 +195,7 @@ def deploy(
     one). ``host``/``http_port``/``grpc_port``: where Ray Serve's proxies listen (Serve-wide
     settings: they apply when this call starts Serve on the cluster, and are kept otherwise).
     ``proxy_location``: ``EveryNode`` or ``HeadOnly``. Deploying again with a changed repository
-    updates the application in place: Ray Serve rolls the replicas whose code or config changed,
-    starting new ones before it stops old ones.
+    updates the application in place (Note [Swaps on the cluster]).
     """
     if not ray.is_initialized():
         ray.init(address=address or os.environ.get("RAY_ADDRESS"), log_to_driver=False)
@@ -177,7 +207,7 @@ def deploy(
         grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=[GRPC_SERVICER]),
         logging_config=logging_config,
     )
-    app = build_app(repository, models=models, ingress_replicas=ingress_replicas,
+    app = build_app(repository, models=models, previous=_served_versions(name), ingress_replicas=ingress_replicas,
                     ingress_actor_options=ingress_actor_options, max_message_bytes=max_message_bytes,
                     traffic_state_dir=traffic_state_dir)
     serve.run(app, name=name, route_prefix="/", blocking=blocking, logging_config=logging_config)
