@@ -96,7 +96,8 @@ def cluster():
         # Workers import modelserve from this tree, wherever their working folder is.
         package_root = str(Path(modelserve.__file__).resolve().parents[1])
         mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
-        c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "resources": {"head": 1}})
+        c = Cluster(initialize_head=True,
+                    head_node_args={"num_cpus": 2, "resources": {"head": 1}, "include_dashboard": False})
         worker = c.add_node(num_cpus=2, resources={"worker": 1})
         try:
             ray.init(address=c.address, log_to_driver=False)

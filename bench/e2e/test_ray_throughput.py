@@ -14,7 +14,8 @@ in a subprocess, for 1-row and 64-row requests, through:
 The ratio column is each path's requests/s over the server's at the same request size. The
 machine is shared (2 CPUs, other sessions): the load average at start is printed, and on 2 cores
 the client, the proxy, the ingress and the replicas compete for them, so a second replica adds
-processes, not cores. Each step measures ``--bench-duration`` seconds (at least 3) after a
+processes, not cores. Ray's workers run at niceness 0 here (``RAY_worker_niceness``; Ray's default
+is 15) and without the dashboard, so both sides compete for the CPUs on equal terms. Each step measures ``--bench-duration`` seconds (at least 3) after a
 warm-up of half that. Sanity asserts only: no request errors and every step completes requests.
 """
 
@@ -88,11 +89,14 @@ def ray_cluster():
         mp.setenv("RAY_AUTH_MODE", "disabled")
         mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
         mp.setenv("RAY_TMPDIR", str(scratch))
+        # Ray starts its workers at niceness 15: on a machine shared with other work they would
+        # yield to everything, the single server included. Equal footing for the comparison:
+        mp.setenv("RAY_worker_niceness", "0")
         import modelserve
 
         package_root = str(Path(modelserve.__file__).resolve().parents[1])
         mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
-        c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+        c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
         try:
             ray.init(address=c.address, log_to_driver=False)
             yield c
