@@ -47,6 +47,7 @@ def test_without_ray_the_error_names_the_install(monkeypatch):
     import modelserve.ray
 
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
-    monkeypatch.delitem(sys.modules, "modelserve.ray._app", raising=False)
+    monkeypatch.delitem(sys.modules, "modelserve.ray._app", raising=False)  # imported by test_ray, maybe
+    monkeypatch.delattr(modelserve.ray, "_app", raising=False)
     with pytest.raises(ModuleNotFoundError, match=r"pip install 'modelserve\[ray\]'"):
         modelserve.ray.deploy
