@@ -27,6 +27,7 @@ import pytest
 pytest.importorskip("ray.serve")
 pytest.importorskip("onnxruntime")
 
+import grpc  # noqa: E402
 import ray  # noqa: E402
 import tritonclient.grpc as grpcclient  # noqa: E402
 import tritonclient.http as httpclient  # noqa: E402
@@ -36,6 +37,7 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 
 import modelserve  # noqa: E402
 import modelserve.ray as modelserve_ray  # noqa: E402
+from modelserve._proto import modelserve_pb2, modelserve_pb2_grpc  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -183,6 +185,29 @@ def test_tritonclient_infers_through_the_cluster(app, module):
     assert versions == ["1", "2"]
 
 
+def test_streaming_inference_through_the_grpc_proxy(app):
+    results, done = [], threading.Event()
+
+    def callback(result, error):
+        results.append((result, error))
+        if len(results) == 8:
+            done.set()
+
+    client = grpcclient.InferenceServerClient(app["grpc"])
+    client.start_stream(callback=callback)
+    try:
+        for i in range(8):
+            x = np.full((1, 16), i, np.float32)
+            client.async_stream_infer("add_sub", _add_sub_inputs(grpcclient, x), request_id=str(i))
+        assert done.wait(60), f"{len(results)} of 8 streamed responses arrived"
+    finally:
+        client.stop_stream()
+    assert [e for _, e in results if e is not None] == []
+    by_id = {r.get_response().id: r.as_numpy("OUTPUT0") for r, _ in results}
+    assert sorted(by_id) == [str(i) for i in range(8)]
+    assert all((by_id[str(i)] == 2 * i).all() for i in range(8))
+
+
 @pytest.mark.parametrize("module", [grpcclient, httpclient], ids=["grpc", "http"])
 def test_errors_carry_the_single_server_status(app, module):
     client = module.InferenceServerClient(app["grpc" if module is grpcclient else "http"])
@@ -305,6 +330,15 @@ def test_canary_rollout_on_the_cluster_promotes_a_healthy_candidate(app):
     assert {client.infer("recommender", [users]).get_response().model_version for _ in range(10)} == {"2"}
     text = _metrics(app)
     assert 'endpoint="recommender"' in text  # the ingress's traffic metrics are in /metrics too
+
+    # modelserve.v1.TrafficService answers through Ray Serve's gRPC proxy as well.
+    with grpc.insecure_channel(app["grpc"]) as channel:
+        stub = modelserve_pb2_grpc.TrafficServiceStub(channel)
+        rollout = json.loads(stub.GetRollout(modelserve_pb2.EndpointRequest(model="recommender")).json)
+        assert rollout["state"] == "PROMOTED" and rollout["candidate"] == started["candidate"]
+        with pytest.raises(grpc.RpcError) as unknown:
+            stub.GetPolicy(modelserve_pb2.EndpointRequest(model="no_such_model"))
+        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 # --- a version swap -----------------------------------------------------------------------------

@@ -40,12 +40,16 @@ from ..repository import scan_repository
 from ._ingress import Ingress
 from ._replica import MetricsDirectory, VersionReplica
 
-__all__ = ["build_app", "deploy", "deployment_name", "GRPC_SERVICER"]
+__all__ = ["build_app", "deploy", "deployment_name", "GRPC_SERVICERS"]
 
 log = logging.getLogger("modelserve.ray")
 
-#: The servicer registration Ray Serve's gRPC proxy imports (our committed stubs).
-GRPC_SERVICER = "modelserve._proto.inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server"
+#: The servicer registrations Ray Serve's gRPC proxy imports (our committed stubs): the Open
+#: Inference Protocol and modelserve's traffic service.
+GRPC_SERVICERS = [
+    "modelserve._proto.inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server",
+    "modelserve._proto.modelserve_pb2_grpc.add_TrafficServiceServicer_to_server",
+]
 
 #: The ingress: routing only, no model; it needs little CPU but must never wait behind replicas.
 INGRESS_NUM_CPUS = 0.1
@@ -204,7 +208,7 @@ def deploy(
     serve.start(
         proxy_location=proxy_location,
         http_options={"host": host, "port": http_port},
-        grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=[GRPC_SERVICER]),
+        grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=GRPC_SERVICERS),
         logging_config=logging_config,
     )
     app = build_app(repository, models=models, previous=_served_versions(name), ingress_replicas=ingress_replicas,

@@ -57,6 +57,7 @@ from ..errors import InvalidArgumentError, ModelserveError, NotFoundError, Unava
 from ..runtime import Served
 from ..server.common import ServerOptions
 from ..server.grpc import GrpcFrontend
+from ..server.traffic_grpc import traffic_handler
 from ..server.health import Health
 from ..server.http import create_app
 from ..server.traffic_metrics import TrafficCollector
@@ -70,14 +71,19 @@ log = logging.getLogger("modelserve.ray")
 #: Seconds between two reads of the version replicas' metadata, state and statistics.
 REFRESH_S = 5.0
 
-#: The unary rpcs of inference.GRPCInferenceService the ingress answers (ModelStreamInfer, a
-#: bidirectional stream, is not offered through Ray Serve's gRPC proxy: see the README).
+#: The unary rpcs the ingress answers: inference.GRPCInferenceService's (ModelStreamInfer, a
+#: bidirectional stream, has a method of its own) and modelserve.v1.TrafficService's. Ray Serve's
+#: gRPC proxy calls the ingress method named after the rpc, so the names must not collide.
 GRPC_UNARY_RPCS = (
     "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelConfig",
     "ModelStatistics", "RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload",
     "SystemSharedMemoryStatus", "SystemSharedMemoryRegister", "SystemSharedMemoryUnregister",
     "CudaSharedMemoryStatus", "CudaSharedMemoryRegister", "CudaSharedMemoryUnregister",
     "TraceSetting", "LogSettings", "ModelInfer",
+)
+TRAFFIC_RPCS = (
+    "GetPolicy", "SetPolicy", "ClearPolicy", "GetReadout", "StartRollout", "GetRollout", "PauseRollout",
+    "ResumeRollout", "PromoteRollout", "AbortRollout", "ListAudit",
 )
 
 
@@ -399,7 +405,10 @@ class Ingress:
         await self.catalog.refresh()
         self.catalog.start_traffic()
         frontend = GrpcFrontend(self.catalog, self.options, self.health)  # type: ignore[arg-type]
-        self._grpc = frontend._handlers()  # the single server's handlers, one per rpc
+        # The single server's handlers, one per rpc (the traffic service's by its method paths).
+        self._grpc = frontend._handlers()
+        traffic = traffic_handler(frontend)._method_handlers  # noqa: SLF001 - grpc's generic handler map
+        self._grpc.update({path.rsplit("/", 1)[1]: h for path, h in traffic.items()})
         self._refresher = asyncio.get_running_loop().create_task(self._refresh_loop())
 
     async def _refresh_loop(self) -> None:
@@ -459,6 +468,33 @@ class Ingress:
             return _Serialized(b"")
         return _Serialized(handler.response_serializer(reply))
 
+    async def ModelStreamInfer(self, request_stream: Any, grpc_context: Any = None) -> Any:  # noqa: N802 - the rpc
+        """inference.GRPCInferenceService/ModelStreamInfer (bidirectional): the single server's
+        handler, reading the requests Ray's proxy streams in and writing its replies out."""
+        handler = self._grpc["ModelStreamInfer"]
+        replies: asyncio.Queue = asyncio.Queue()
+        end = object()
+
+        async def requests() -> Any:
+            async for request in request_stream:
+                yield handler.request_deserializer(request.SerializeToString())
+
+        async def run() -> None:
+            try:
+                await handler.stream_stream(requests(), _Context(grpc_context, replies.put_nowait))
+            except _Aborted:
+                pass
+            finally:
+                replies.put_nowait(end)
+
+        task = asyncio.get_running_loop().create_task(run())
+        try:
+            while (reply := await replies.get()) is not end:
+                yield _Serialized(handler.response_serializer(reply))
+            await task
+        finally:
+            task.cancel()
+
     def __del__(self) -> None:
         refresher = getattr(self, "_refresher", None)
         if refresher is not None:
@@ -476,8 +512,13 @@ class _Context:
     """A grpc.aio ServicerContext, as far as the single server's handlers use one, over Ray
     Serve's gRPC context: abort sets the status Ray's proxy sends back."""
 
-    def __init__(self, ray_context: Any) -> None:
+    def __init__(self, ray_context: Any, write: Any = None) -> None:
         self._ray = ray_context
+        self._write = write
+
+    async def write(self, message: Any) -> None:
+        """A streamed reply (ModelStreamInfer)."""
+        self._write(message)
 
     def invocation_metadata(self) -> Any:
         return self._ray.invocation_metadata() if self._ray is not None else ()
@@ -517,6 +558,6 @@ def _grpc_method(rpc: str) -> Any:
     return method
 
 
-for _rpc in GRPC_UNARY_RPCS:
+for _rpc in GRPC_UNARY_RPCS + TRAFFIC_RPCS:
     setattr(Ingress, _rpc, _grpc_method(_rpc))
 del _rpc
