@@ -10,15 +10,13 @@ import urllib.error
 import urllib.request
 
 import grpc
-import numpy as np
 import pytest
 from conftest import LoopThread
-from traffic_models import X, write_model
-
 from modelserve._proto import modelserve_pb2 as pb
 from modelserve._proto import modelserve_pb2_grpc as pb_grpc
 from modelserve.server.app import Server
 from modelserve.server.common import ServerOptions
+from traffic_models import X, write_model
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
 httpclient = pytest.importorskip("tritonclient.http")
@@ -142,6 +140,20 @@ def test_http_readout_and_metrics_are_labelled_by_endpoint_and_target(clean):
     assert 'modelserve_traffic_request_duration_seconds_bucket{endpoint="m",le="+Inf",target="1"}' in text
 
 
+def test_http_requests_are_mirrored_to_a_shadow_and_compared(clean):
+    call(clean, "PUT", "/v2/models/m/traffic", {**split((1, 100)), "shadows": [{"version": 2, "percent": 100}]})
+    with httpclient.InferenceServerClient(f"127.0.0.1:{clean.http_port}") as c:
+        assert {http_infer(c) for _ in range(10)} == {(1, 1)}  # callers only see the primary
+    deadline = time.monotonic() + 30
+    while True:
+        (shadow,) = call(clean, "GET", "/v2/models/m/traffic/readout")[1]["shadows"]
+        if shadow["comparison"]["requests"] >= 10 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert shadow["target"] == "2" and shadow["comparison"]["agreement_rate"] == 0.0
+    assert shadow["comparison"]["mean_abs_diff"] == 1.0
+
+
 def test_http_rollout_rolls_back_a_failing_candidate_on_its_own(clean):
     spec = {"candidate": {"version": 3}, "steps": [50, 100], "step_interval_s": 60, "min_requests": 5}
     status, body = call(clean, "POST", "/v2/models/m/rollout", spec, {"X-Modelserve-Actor": "ci"})
@@ -158,6 +170,11 @@ def test_http_rollout_rolls_back_a_failing_candidate_on_its_own(clean):
         assert {http_infer(c) for _ in range(10)} == {(1, 1)}  # all on the baseline now
     r = call(clean, "GET", "/v2/models/m/rollout")[1]
     assert r["state"] == "ROLLED_BACK" and r["verdict"]["gate"] == "error_rate"
+    with urllib.request.urlopen(f"http://127.0.0.1:{clean.http_port}/metrics") as response:
+        text = response.read().decode()
+    assert 'modelserve_rollout_state{endpoint="m",state="ROLLED_BACK",target="3"} 1.0' in text
+    assert 'modelserve_rollout_weight_percent{endpoint="m",target="3"} 0.0' in text
+    assert 'modelserve_traffic_requests_total{endpoint="m",outcome="internal",target="3"}' in text
 
 
 def test_http_rollout_actions(clean):
@@ -215,6 +232,29 @@ def test_grpc_sticky_key_from_a_parameter_or_metadata(stub, clean):
             assert grpc_infer(c, headers={"user_id": str(u)})[0] == first[u]
 
 
+def test_grpc_streamed_requests_follow_the_policy(stub, clean):
+    import queue
+
+    stub.SetPolicy(pb.SetPolicyRequest(model="m", policy_json=json.dumps(split((1, 50), (2, 50), sticky_key="u"))))
+    results: queue.Queue = queue.Queue()
+    with grpcclient.InferenceServerClient(f"127.0.0.1:{clean.grpc_port}") as c:
+        c.start_stream(callback=lambda result, error: results.put((result, error)))
+        for u in range(20):
+            inp = grpcclient.InferInput("INPUT0", [4], "FP32")
+            inp.set_data_from_numpy(X)
+            c.async_stream_infer("m", [inp], request_id=str(u), parameters={"u": str(u)})
+        answers = {}
+        for _ in range(20):
+            result, error = results.get(timeout=30)
+            assert error is None
+            response = result.get_response()
+            answers[int(response.id)] = (int(response.model_version), int(result.as_numpy("CLASS")[0]))
+        c.stop_stream()
+    assert all(v == cls for v, cls in answers.values()) and {v for v, _ in answers.values()} == {1, 2}
+    with grpcclient.InferenceServerClient(f"127.0.0.1:{clean.grpc_port}") as c:  # the same keys, unary
+        assert all(grpc_infer(c, parameters={"u": str(u)})[0] == answers[u][0] for u in range(20))
+
+
 def test_grpc_rollout_promotes_a_healthy_candidate(stub, clean):
     spec = {"candidate": {"version": 2}, "steps": [50, 100], "step_interval_s": 0.3, "min_requests": 5,
             "gates": {"p99_latency": {"margin": 10, "slack_ms": 1000}}}
@@ -257,11 +297,35 @@ def test_cli_traffic_commands(clean):
 
 
 def test_cli_rollout_commands(clean):
-    out = cli(clean, "rollout", "start", "m", "--candidate", "2", "--steps", "10,100", "--interval", "600")
+    out = cli(clean, "rollout", "start", "m", "--candidate", "2", "--steps", "10,100", "--interval", "600", "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["baseline"] == "stable"
-    assert json.loads(cli(clean, "rollout", "pause", "m").stdout)["state"] == "PAUSED"
-    assert json.loads(cli(clean, "rollout", "status", "m").stdout)["weight"] == 10
-    assert json.loads(cli(clean, "rollout", "abort", "m").stdout)["state"] == "ABORTED"
+    assert cli(clean, "rollout", "pause", "m").stdout.startswith("rollout of 2 against stable on m: PAUSED at 10%")
+    assert json.loads(cli(clean, "rollout", "status", "m", "--json").stdout)["weight"] == 10
+    assert json.loads(cli(clean, "rollout", "abort", "m", "--json").stdout)["state"] == "ABORTED"
     missing = cli(clean, "rollout", "start", "m")
     assert missing.returncode == 1 and "--candidate" in missing.stderr
+
+
+# --- authorisation --------------------------------------------------------------------------------
+
+
+def test_changes_need_the_admin_token_when_the_server_has_one(tmp_path):
+    write_model(tmp_path, "m", {1: {}, 2: {}})
+    loop = LoopThread("traffic-auth-test")
+    s = Server(tmp_path, ServerOptions(http_port=0, grpc_port=0, shutdown_grace_s=0, admin_token="sesame"))
+    loop.run(s.start())
+    try:
+        refused = call(s, "PUT", "/v2/models/m/traffic", split((1, 50), (2, 50)))
+        assert refused[0] == 403 and "traffic management needs a valid bearer token" in refused[1]["error"]
+        assert call(s, "POST", "/v2/models/m/rollout", {"candidate": {"version": 2}})[0] == 403
+        assert call(s, "PUT", "/v2/models/m/traffic", split((1, 50), (2, 50)),
+                    {"Authorization": "Bearer sesame"})[0] == 200
+        assert call(s, "GET", "/v2/models/m/traffic")[1]["policy"] == split((1, 50), (2, 50))  # reads are open
+        with grpc.insecure_channel(f"127.0.0.1:{s.grpc_port}") as channel:
+            with pytest.raises(grpc.RpcError) as e:
+                pb_grpc.TrafficServiceStub(channel).ClearPolicy(pb.EndpointRequest(model="m"))
+            assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        loop.run(s.shutdown())
+        loop.close()

@@ -88,6 +88,8 @@ class Runtime:
             self._started = True
             self.repository.start()
             self._start_traffic()
+            # From now on every (re)load of a model re-reads its config's traffic key (poll mode, load_model).
+            self.repository.on_synced = lambda name: self._start_traffic([name])
 
     def _start_traffic(self, models: Iterable[str] | None = None) -> None:
         """Restores saved traffic state, then applies config.yaml policies nothing saved overrides."""
@@ -276,7 +278,6 @@ class Runtime:
     def load_model(self, model: str) -> None:
         """Loads or reloads ``model`` (model control mode ``explicit``)."""
         self.repository.load(model)
-        self._start_traffic([model])
 
     def unload_model(self, model: str) -> None:
         """Drains and unloads every version of ``model`` (model control mode ``explicit``)."""

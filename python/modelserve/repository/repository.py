@@ -345,6 +345,9 @@ class ModelRepository:
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         self._load_models = list(load_models)
+        #: Called with a model's name after each sync of it that read a valid config (the Runtime
+        #: applies config.yaml's traffic key with it); exceptions are logged, never raised.
+        self.on_synced: Any = None
 
     # --- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -456,6 +459,11 @@ class ModelRepository:
             else:
                 self.errors.pop(d.name, None)
             self._acted[d.name] = d
+        if self.on_synced is not None and model.versions:
+            try:
+                self.on_synced(d.name)
+            except Exception:
+                log.exception("model '%s': after-sync hook failed", d.name)
         return errors
 
     def poll_once(self) -> None:
@@ -536,6 +544,15 @@ def validate_repository(root: str | Path) -> list[str]:
         for label, v in config.labels.items():
             if v not in d.versions:
                 errors.append(f"{d.path / CONFIG_FILE}: labels.{label}: version {v} has no folder; on disk: {sorted(d.versions)}")
+        if config.traffic is not None:  # where the policy points must exist (readiness is checked at start)
+            for i, t in enumerate([*config.traffic.targets, *config.traffic.shadows]):
+                key = f"traffic.{'targets' if i < len(config.traffic.targets) else 'shadows'}"
+                if t.model is not None and t.model not in scan:
+                    errors.append(f"{d.path / CONFIG_FILE}: {key}: model '{t.model}' is not in the repository")
+                elif t.model is None and isinstance(t.version, int) and t.version not in d.versions:
+                    errors.append(f"{d.path / CONFIG_FILE}: {key}: version {t.version} has no folder; on disk: {sorted(d.versions)}")
+                elif t.model is None and isinstance(t.version, str) and t.version not in config.labels:
+                    errors.append(f"{d.path / CONFIG_FILE}: {key}: label '{t.version}' is not in labels {config.labels}")
         for v in wanted:
             vdir = d.path / str(v)
             try:

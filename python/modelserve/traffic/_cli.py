@@ -85,7 +85,7 @@ def _model_path(args: argparse.Namespace, *rest: str) -> str:
 
 
 def _print(value: Any) -> None:
-    print(json.dumps(value, indent=2))
+    print(json.dumps(value))
 
 
 # --- traffic ----------------------------------------------------------------------------------
@@ -174,11 +174,44 @@ def format_readout(r: dict[str, Any]) -> str:
 # --- rollout ----------------------------------------------------------------------------------
 
 
+def _gate(g: dict[str, Any]) -> str:
+    if g["verdict"] == "wait":
+        return f"{g['gate']} wait ({g['candidate_requests']}/{g['baseline_requests']} requests of {g['min_requests']})"
+    if g["gate"] == "error_rate":
+        return (f"error_rate {g['verdict']} (candidate {g['candidate'] * 100:.1f}%, baseline "
+                f"{g['baseline'] * 100:.1f}%, limit {g['limit'] * 100:.1f}%)")
+    if g["gate"] == "p99_latency":
+        return (f"p99_latency {g['verdict']} (candidate {g['candidate_ms']:.2f} ms, baseline "
+                f"{g['baseline_ms']:.2f} ms, limit {g['limit_ms']:.2f} ms)")
+    return (f"divergence {g['verdict']} (disagreement {_fmt(g['disagreement'], '', 3)}, limit "
+            f"{g['max_disagreement']}; mean |diff| {_fmt(g['mean_abs_diff'], '', 4)})")
+
+
+def format_rollout(r: dict[str, Any]) -> str:
+    """A rollout's state, gates and history (``--json`` prints it whole)."""
+    lines = [f"rollout of {r['candidate']} against {r['baseline']} on {r['endpoint']}: {r['state']} at "
+             f"{r['weight']}% (steps {', '.join(map(str, r['steps']))})"]
+    for g in r.get("gates") or []:
+        lines.append("  gate " + _gate(g))
+    for h in r.get("history") or []:
+        by = f" by {h['actor']}" if h.get("actor") else ""
+        why = f": {h['gate']} failed" if h.get("gate") else ""
+        lines.append(f"  {h['time']}  {h['event']:<12} {h['weight']:>3}%{by}{why}")
+    return "\n".join(lines)
+
+
+def _show_rollout(args: argparse.Namespace, status: Any) -> Any:
+    if args.json:
+        return status
+    print(format_rollout(status))
+    return None
+
+
 def _rollout(args: argparse.Namespace) -> Any:
     if args.action == "status":
-        return _call(args, "GET", _model_path(args, "rollout"))
+        return _show_rollout(args, _call(args, "GET", _model_path(args, "rollout")))
     if args.action in ("pause", "resume", "promote", "abort"):
-        return _call(args, "POST", _model_path(args, "rollout", args.action))
+        return _show_rollout(args, _call(args, "POST", _model_path(args, "rollout", args.action)))
     if args.file:
         spec = _load_file(args.file)
     else:
@@ -208,7 +241,7 @@ def _rollout(args: argparse.Namespace) -> Any:
                                                      ("shadow_percent", args.divergence_shadow_percent)) if v is not None}
         if gates:
             spec["gates"] = gates
-    return _call(args, "POST", _model_path(args, "rollout"), spec)
+    return _show_rollout(args, _call(args, "POST", _model_path(args, "rollout"), spec))
 
 
 def _run(handler: Any) -> Any:
@@ -287,11 +320,13 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--max-mean-abs-diff", type=float, metavar="F", help="enable the divergence gate (number outputs)")
     p.add_argument("--divergence-shadow-percent", type=int, metavar="P", help="mirrored share for the divergence gate")
     p.add_argument("--file", help="the rollout spec as JSON or YAML instead")
+    p.add_argument("--json", action="store_true", help="print the whole rollout as JSON")
     _common(p)
     for name, text in (("status", "the current or last rollout"), ("pause", "hold at the current step"),
                        ("resume", "continue"), ("promote", "promote the candidate now"),
                        ("abort", "end it and restore the previous policy")):
         p = rs.add_parser(name, help=text)
         p.add_argument("model")
+        p.add_argument("--json", action="store_true", help="print the whole rollout as JSON")
         _common(p)
     r.set_defaults(run=_run(_rollout))

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidArgumentError, ModelserveError, NotFoundError, UnavailableError
+from ..errors import InvalidArgumentError, ModelserveError, NotFoundError, UnavailableError, from_status
 from .catalog import Catalog, Signature
 from .policy import RolloutSpec, ShadowSpec, TargetRef, TargetSpec, TrafficPolicy, parse_policy, parse_rollout
 from .rollout import Rollout, RolloutState, WindowView
@@ -124,8 +124,6 @@ class RoutedPending:
         self._recorded = True
         code = self._pending.status_code
         if code != 0:
-            from ..errors import from_status
-
             self._routed.fail(from_status(code, self._pending.message))
         elif self._routed.endpoint.shadows:
             self._routed.finish(self._inputs, self._pending.outputs(as_numpy=True))
@@ -234,11 +232,19 @@ class TrafficManager:
             for name, entry in saved.items():
                 try:
                     if entry.get("policy") is not None:
-                        self.active[name] = Endpoint(self, name, parse_policy(entry["policy"], f"saved policy of '{name}'"))
+                        policy = parse_policy(entry["policy"], f"saved policy of '{name}'")
+                        self.active[name] = Endpoint(self, name, policy)
                     if entry.get("rollout") is not None:
                         self._rollouts[name] = Rollout.from_dict(entry["rollout"], now)
                 except (ModelserveError, KeyError, ValueError) as e:
                     log.error("traffic state of endpoint '%s' ignored: %s", name, e)
+            for name, entry in saved.items():
+                for label, version in (entry.get("labels") or {}).items():
+                    try:  # a promotion's label move outlives a restart, like the policy
+                        if self.catalog.labels(name).get(label) != version:
+                            self.catalog.set_label(name, label, version)
+                    except ModelserveError as e:
+                        log.error("endpoint '%s': cannot restore label '%s' -> version %s: %s", name, label, version, e)
             if any(r.state.active for r in self._rollouts.values()):
                 log.info("resuming rollouts: %s", sorted(n for n, r in self._rollouts.items() if r.state.active))
         self._schedule_ticks()
@@ -266,13 +272,18 @@ class TrafficManager:
         if self._own_loop is not None:
             self._own_loop.close()
 
+    def _audit(self, actor: str, action: str, endpoint: str, fields: dict[str, Any]) -> None:
+        self.store.audit({"actor": actor, "action": action, "endpoint": endpoint, **fields})
+
     # --- policies ------------------------------------------------------------------------------
     def get_policy(self, endpoint: str) -> dict[str, Any] | None:
         """The endpoint's policy as a mapping, or None (requests go to the default version)."""
         ep = self.active.get(endpoint)
         return None if ep is None else ep.policy.model_dump(mode="json", exclude_defaults=True)
 
-    def set_policy(self, endpoint: str, policy: TrafficPolicy | Mapping[str, Any], *, actor: str = "api") -> dict[str, Any]:
+    def set_policy(
+        self, endpoint: str, policy: TrafficPolicy | Mapping[str, Any], *, actor: str = "api"
+    ) -> dict[str, Any]:
         """Validates (weights add up to 100, targets exist and are READY, signatures match the
         endpoint's), saves, applies at once and audits ``policy``; returns it."""
         p = parse_policy(policy)
@@ -283,7 +294,7 @@ class TrafficManager:
             after = p.model_dump(mode="json", exclude_defaults=True)
             self._save(endpoint, policy=after)
             self.active[endpoint] = Endpoint(self, endpoint, p)
-            self.store.audit({"actor": actor, "action": "policy.set", "endpoint": endpoint, "before": before, "after": after})
+            self._audit(actor, "policy.set", endpoint, {"before": before, "after": after})
         log.info("endpoint '%s': traffic policy set by %s: %s", endpoint, actor, _weights(p))
         return after
 
@@ -296,7 +307,7 @@ class TrafficManager:
                 raise NotFoundError(f"endpoint '{endpoint}' has no traffic policy")
             self._save(endpoint, policy=None)
             self.active.pop(endpoint, None)
-            self.store.audit({"actor": actor, "action": "policy.clear", "endpoint": endpoint, "before": before, "after": None})
+            self._audit(actor, "policy.clear", endpoint, {"before": before, "after": None})
         log.info("endpoint '%s': traffic policy cleared by %s", endpoint, actor)
 
     def _refuse_during_rollout(self, endpoint: str, what: str) -> None:
@@ -398,9 +409,11 @@ class TrafficManager:
         for row in rows:
             row["weight"] = weights.get(row["target"], 0)
         shadow_rows = []
+        mirrored = {s.id for s in ep.shadows} if ep else set()
         for t, s in shadows:
             n, e, lat = s.outcomes.window(since)
-            shadow_rows.append({"target": t, **summary(n, e, lat), "comparison": s.comparison(since)})
+            if n or t in mirrored:  # a former shadow with nothing in the window is left out
+                shadow_rows.append({"target": t, **summary(n, e, lat), "comparison": s.comparison(since)})
         return {
             "endpoint": endpoint,
             "window_s": window_s,
@@ -418,7 +431,9 @@ class TrafficManager:
             r = self._rollouts.get(endpoint)
             return None if r is None else r.as_dict(self.clock())
 
-    def start_rollout(self, endpoint: str, spec: RolloutSpec | Mapping[str, Any], *, actor: str = "api") -> dict[str, Any]:
+    def start_rollout(
+        self, endpoint: str, spec: RolloutSpec | Mapping[str, Any], *, actor: str = "api"
+    ) -> dict[str, Any]:
         """Starts a canary rollout (rollout.py, Note [Rollout gates]) of ``spec.candidate``
         against ``spec.baseline`` (default: the label ``stable`` when the model has one, else
         its default version). The endpoint is split between the two for its duration; sticky
@@ -442,14 +457,15 @@ class TrafficManager:
                     f"version ({self._number(endpoint, s.candidate)}); name another candidate or a baseline"
                 )
             previous = self.get_policy(endpoint)
+            now = self.clock()
             r = Rollout(endpoint, s.model_copy(update={"baseline": baseline}), s.candidate.id, baseline.id, previous,
-                        step_started=self.clock())
+                        step_started=now, began=now)
             r.note("started", actor=actor)
             policy = self._rollout_policy(r)
             self._save(endpoint, policy=policy.model_dump(mode="json", exclude_defaults=True), rollout=r.as_dict())
             self._rollouts[endpoint] = r
             self.active[endpoint] = Endpoint(self, endpoint, policy)
-            self.store.audit({"actor": actor, "action": "rollout.start", "endpoint": endpoint, "before": previous,
+            self._audit(actor, "rollout.start", endpoint, {"before": previous,
                               "after": r.as_dict(), "detail": {"candidate": r.candidate, "baseline": r.baseline}})
         log.info("endpoint '%s': rollout of %s against %s started by %s (steps %s, every %.0f s)",
                  endpoint, r.candidate, r.baseline, actor, s.steps, s.step_interval_s)
@@ -490,16 +506,17 @@ class TrafficManager:
 
     def _view(self, r: Rollout, now: float) -> WindowView:
         window = r.spec.window_s
-        cand = self._target_stats(r.endpoint, r.candidate).window(now - window)
+        since = max(now - window, r.began)
+        cand = self._target_stats(r.endpoint, r.candidate).window(since)
         # At 100% the baseline has no traffic: its window is the one that ended when the step began.
         base_stats = self._target_stats(r.endpoint, r.baseline)
         if r.weight >= 100:
-            base = base_stats.window(r.step_started - window, until=r.step_started)
+            base = base_stats.window(max(r.step_started - window, r.began), until=r.step_started)
         else:
-            base = base_stats.window(now - window)
+            base = base_stats.window(since)
         divergence = None
         if r.spec.gates.divergence is not None:
-            divergence = self._shadow_stats(r.endpoint, r.candidate).comparison(now - window)
+            divergence = self._shadow_stats(r.endpoint, r.candidate).comparison(since)
         return WindowView(cand, base, divergence)
 
     def tick(self) -> None:
@@ -560,6 +577,8 @@ class TrafficManager:
         if model == r.endpoint:
             self.catalog.set_label(model, "stable", number)
             r.verdict = {**(r.verdict or {}), "stable": number}
+            labels = {**(self._saved.get(r.endpoint, {}).get("labels") or {}), "stable": number}
+            self._save(r.endpoint, labels=labels)
             target = TargetSpec(version="stable", weight=100)
         previous = parse_policy(r.previous_policy) if r.previous_policy else None
         return TrafficPolicy(
@@ -573,7 +592,9 @@ class TrafficManager:
         if r is None:
             raise NotFoundError(f"endpoint '{endpoint}' has no rollout to {what}")
         if not r.state.active:
-            raise InvalidArgumentError(f"endpoint '{endpoint}': cannot {what} the rollout of {r.candidate}: it is {r.state.value}")
+            raise InvalidArgumentError(
+                f"endpoint '{endpoint}': cannot {what} the rollout of {r.candidate}: it is {r.state.value}"
+            )
         return r
 
     def pause_rollout(self, endpoint: str, *, actor: str = "api") -> dict[str, Any]:
@@ -583,7 +604,7 @@ class TrafficManager:
             if r.state is RolloutState.RUNNING:
                 r.pause(self.clock())
                 self._save(endpoint, rollout=r.as_dict())
-                self.store.audit({"actor": actor, "action": "rollout.pause", "endpoint": endpoint, "detail": {"weight": r.weight}})
+                self._audit(actor, "rollout.pause", endpoint, {"detail": {"weight": r.weight}})
             return r.as_dict(self.clock())
 
     def resume_rollout(self, endpoint: str, *, actor: str = "api") -> dict[str, Any]:
@@ -592,7 +613,7 @@ class TrafficManager:
             if r.state is RolloutState.PAUSED:
                 r.resume(self.clock())
                 self._save(endpoint, rollout=r.as_dict())
-                self.store.audit({"actor": actor, "action": "rollout.resume", "endpoint": endpoint, "detail": {"weight": r.weight}})
+                self._audit(actor, "rollout.resume", endpoint, {"detail": {"weight": r.weight}})
             return r.as_dict(self.clock())
 
     def promote_rollout(self, endpoint: str, *, actor: str = "api") -> dict[str, Any]:

@@ -5,7 +5,9 @@ Note [Rollout gates]
 A rollout walks the candidate's weight through ``steps`` (e.g. 5, 25, 50, 100 percent); the
 baseline has the rest. Each :meth:`Rollout.evaluate` (the manager calls it on every tick, every
 100 ms to 1 s in a server; tests call it with a fake clock) looks at the last ``window_s``
-seconds of outcomes of candidate and baseline and gives every configured gate a verdict:
+seconds of outcomes of candidate and baseline (never from before the rollout began: what an
+earlier A/B test recorded is not this rollout's evidence) and gives every configured gate a
+verdict:
 
 - ``wait``: fewer than ``min_requests`` requests on either side (or mirrored comparisons, for
   divergence): no verdict yet;
@@ -88,6 +90,7 @@ class Rollout:
     state: RolloutState = RolloutState.RUNNING
     step: int = 0
     step_started: float = 0.0  # clock time the current step began (paused time excluded)
+    began: float = 0.0  # clock time the rollout began (or was restored): windows start no earlier
     paused_at: float | None = None
     started_at: str = field(default_factory=_wall)
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -219,7 +222,7 @@ class Rollout:
         r = cls(
             endpoint=data["endpoint"], spec=RolloutSpec.model_validate(data["spec"]), candidate=data["candidate"],
             baseline=data["baseline"], previous_policy=data.get("previous_policy"),
-            state=RolloutState(data["state"]), step=int(data["step"]), step_started=now,
+            state=RolloutState(data["state"]), step=int(data["step"]), step_started=now, began=now,
             started_at=data.get("started_at", _wall()), history=list(data.get("history", [])),
             verdict=data.get("verdict"), gates=list(data.get("gates", [])),
         )

@@ -5,7 +5,8 @@ Note [Traffic state on disk]
 The state directory (``--state-dir``; by default ``<repository>/.modelserve/``, which the
 repository scan ignores, as it ignores every folder starting with ".") holds:
 
-- ``traffic.json``: every endpoint's policy and its current or last rollout, rewritten whole on
+- ``traffic.json``: every endpoint's policy, its current or last rollout, and the labels its
+  promotions moved (re-applied at start, over config.yaml's ``labels``), rewritten whole on
   every change: written to a temporary file in the same folder, flushed, fsynced, then renamed
   over the old one, so a crash leaves the old state or the new one, never half of either. A
   change is applied only once it is on disk: a change that cannot be saved fails and changes
