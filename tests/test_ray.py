@@ -424,5 +424,6 @@ def test_node_removed_under_load_loses_only_its_requests_and_recovers(app, clust
     assert len(failures) <= concurrency, failures
     assert all(r[1] == "ok" for r in results if r[0] > recovered_at)
     client = httpclient.InferenceServerClient(app["http"])
-    assert client.is_server_ready()
+    # Every model's replicas that were on the lost node come back, and the application is ready.
+    _wait(client.is_server_ready, 120, "the application to report ready again")
     assert client.infer("mlp", _mlp_inputs(httpclient)).as_numpy("OUTPUT0").shape == (1, 10)

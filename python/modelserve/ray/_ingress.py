@@ -3,21 +3,23 @@ version deployments.
 
 Ray Serve's HTTP proxy hands every request to this deployment's ASGI app, which is the
 single-process server's own app (:func:`modelserve.server.http.create_app`); Ray Serve's gRPC proxy
-calls this deployment's methods named after the rpcs of ``inference.GRPCInferenceService``, which
-run the single-process server's own handlers (:class:`modelserve.server.grpc.GrpcFrontend`). Both
+calls this deployment's methods named after the rpcs of ``inference.GRPCInferenceService`` and
+``modelserve.v1.TrafficService``, which run the single-process server's own handlers
+(:class:`modelserve.server.grpc.GrpcFrontend`). Both
 frontends talk to a :class:`ClusterCatalog` instead of a :class:`~modelserve.Runtime`: the same
 methods, answered from the version deployments. So decoding, encoding, errors, versions and labels
 behave exactly as on one server; only where a request runs differs.
 
 Note [Routing seam]
 ~~~~~~~~~~~~~~~~~~~
-Every inference goes through :meth:`ClusterCatalog.route`: (model, requested version) -> (the
-version number that runs, the handle of its deployment). Version numbers, labels, "latest" and the
-default are resolved there from the application's spec, which ``modelserve ray deploy`` builds from
-the repository's configs; traffic policies (splits, sticky keys, shadows, canaries) plug in at the
-same place. Metadata, configs and statistics come from the version replicas themselves, read at
-start and refreshed every ``REFRESH_S`` seconds (statistics over the protocol are those of the
-replica that answered the last refresh; ``/metrics`` has every replica's).
+Every inference goes through :meth:`ClusterCatalog.infer_routed_async`: the model's traffic
+policy (when the request names no version and the model has one) picks (model, version);
+:meth:`ClusterCatalog.resolve_version` turns a label, "latest" or the default into a number from
+the application's spec (which ``modelserve ray deploy`` builds from the repository's configs);
+:meth:`ClusterCatalog._dispatch` sends the request to that version's deployment handle. Metadata,
+configs and statistics come from the version replicas themselves, read at start and refreshed
+every ``REFRESH_S`` seconds (statistics over the protocol are those of the replica that answered
+the last refresh; ``/metrics`` has every replica's).
 
 Note [Traffic on the cluster]
 ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
@@ -57,14 +59,14 @@ from ..errors import InvalidArgumentError, ModelserveError, NotFoundError, Unava
 from ..runtime import Served
 from ..server.common import ServerOptions
 from ..server.grpc import GrpcFrontend
-from ..server.traffic_grpc import traffic_handler
 from ..server.health import Health
 from ..server.http import create_app
+from ..server.traffic_grpc import traffic_handler
 from ..server.traffic_metrics import TrafficCollector
 from ..traffic import Signature, TrafficManager
 from ._replica import decode_tensors, encode_tensors, raise_remote_error
 
-__all__ = ["ClusterCatalog", "Ingress", "GRPC_UNARY_RPCS"]
+__all__ = ["ClusterCatalog", "Ingress", "GRPC_UNARY_RPCS", "TRAFFIC_RPCS"]
 
 log = logging.getLogger("modelserve.ray")
 
@@ -91,7 +93,8 @@ class ClusterCatalog:
     """What the frontends ask a Runtime, answered by the version deployments of one application.
 
     ``spec``: ``{"models": {name: {"versions": {number: deployment}, "labels": {label: number},
-    "default": number}}}``; ``handles``: deployment name -> DeploymentHandle.
+    "default": number, "traffic": policy or None}}}``; ``handles``: deployment name ->
+    DeploymentHandle. It is also the :class:`~modelserve.traffic.Catalog` of its traffic manager.
     """
 
     def __init__(
@@ -127,14 +130,16 @@ class ClusterCatalog:
                 self.traffic.apply_config(name, info["traffic"])
 
     # --- the version replicas' view ----------------------------------------------------------
-    async def refresh(self) -> None:
-        """Reads every version's metadata, config, state and statistics from one of its replicas."""
+    async def refresh(self, timeout_s: float | None = None) -> None:
+        """Reads every version's metadata, config, state and statistics from one of its replicas
+        (a version with no replica answering within ``timeout_s`` counts as not ready)."""
         keys = [(m, v) for m, info in self.models.items() for v in info["versions"]]
 
         async def one(key: tuple[str, int]) -> None:
             model, version = key
+            handle = self.handles[self.models[model]["versions"][version]]
             try:
-                self._described[key] = await self.handles[self.models[model]["versions"][version]].describe.remote()
+                self._described[key] = await asyncio.wait_for(handle.describe.remote(), timeout_s)
                 self._failures.pop(key, None)
             except Exception as e:  # no replica right now (starting, or its node went away)
                 self._failures[key] = f"{type(e).__name__}: {e}"
@@ -178,11 +183,6 @@ class ClusterCatalog:
             f"model '{model}' has no version or label '{version}'; versions: {sorted(info['versions'])}, "
             f"labels: {sorted(info['labels'])}"
         )
-
-    def route(self, model: str, version: int | str | None = None) -> tuple[int, Any]:
-        """(the version that runs, the handle of its deployment)."""
-        number = self.resolve_version(model, version)
-        return number, self.handles[self.models[model]["versions"][number]]
 
     async def infer_routed_async(
         self,
@@ -245,8 +245,10 @@ class ClusterCatalog:
         except (asyncio.CancelledError, KeyboardInterrupt):
             raise
         except Exception as e:  # Note [Errors across the hop]: the replica or its node went away
+            first_line = (str(e).strip().splitlines() or [""])[0][:300]  # Ray's texts carry tracebacks
             raise UnavailableError(
-                f"model '{model}' version {number}: the replica serving the request failed: {type(e).__name__}: {e}"
+                f"model '{model}' version {number}: the replica serving the request failed: "
+                f"{type(e).__name__}: {first_line}"
             ) from None
         if status != "ok":
             raise_remote_error(payload)
@@ -415,7 +417,7 @@ class Ingress:
         while True:
             await asyncio.sleep(REFRESH_S)
             try:
-                await self.catalog.refresh()
+                await self.catalog.refresh(timeout_s=2 * REFRESH_S)
             except Exception:  # keep refreshing whatever one round hit
                 log.exception("refreshing the version replicas' state failed")
 
