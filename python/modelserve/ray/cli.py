@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -14,20 +15,31 @@ __all__ = ["add_parser"]
 def _deploy(args: argparse.Namespace) -> int:
     from . import deploy  # imports Ray
 
-    where = deploy(
-        args.model_repository,
-        address=args.address,
-        name=args.name,
-        models=args.model or None,
-        host=args.host,
-        http_port=args.http_port,
-        grpc_port=args.grpc_port,
-        proxy_location=args.proxy_location,
-        ingress_replicas=args.ingress_replicas,
-        max_message_bytes=args.max_message_bytes,
-        traffic_state_dir=args.state_dir,
-        blocking=args.blocking,
-    )
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if address is None and not args.blocking:
+        # A Ray instance this command started would end with it, taking the application along:
+        # without --blocking, deploy to a running cluster (ray start --head starts one here).
+        address = "auto"
+    try:
+        where = deploy(
+            args.model_repository,
+            address=address,
+            name=args.name,
+            models=args.model or None,
+            host=args.host,
+            http_port=args.http_port,
+            grpc_port=args.grpc_port,
+            proxy_location=args.proxy_location,
+            ingress_replicas=args.ingress_replicas,
+            max_message_bytes=args.max_message_bytes,
+            traffic_state_dir=args.state_dir,
+            blocking=args.blocking,
+        )
+    except ConnectionError as e:
+        raise SystemExit(
+            f"modelserve ray deploy: no Ray cluster at {address}: {e}; start one (ray start --head) or pass "
+            "--address, or run a local one in the foreground with --blocking"
+        ) from None
     print(json.dumps(where), file=sys.stdout)
     return 0
 
