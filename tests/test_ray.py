@@ -341,6 +341,35 @@ def test_canary_rollout_on_the_cluster_promotes_a_healthy_candidate(app):
         assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_sticky_split_and_shadow_copies_on_the_cluster(app):
+    client = httpclient.InferenceServerClient(app["http"])
+
+    def version_for(user: int) -> str:
+        users = httpclient.InferInput("USER_ID", [1, 1], "INT64")
+        users.set_data_from_numpy(np.array([[user]], np.int64))
+        return client.infer("recommender", [users], parameters={"user_id": user}).get_response()["model_version"]
+
+    policy = {"targets": [{"version": 1, "weight": 50}, {"version": 2, "weight": 50}], "sticky_key": "user_id"}
+    _http_json(app, "PUT", "/v2/models/recommender/traffic", policy)
+    try:
+        first = {user: version_for(user) for user in range(40)}
+        assert set(first.values()) == {"1", "2"}  # split between the versions...
+        assert {user: version_for(user) for user in range(40)} == first  # ...each user pinned to one
+
+        mirrored = {"targets": [{"version": 1, "weight": 100}], "shadows": [{"version": 2, "percent": 100}]}
+        _http_json(app, "PUT", "/v2/models/recommender/traffic", mirrored)
+        assert {version_for(user) for user in range(20)} == {"1"}  # callers only ever see the primary
+
+        def shadowed():
+            shadows = _http_json(app, "GET", "/v2/models/recommender/traffic/readout")["shadows"]
+            return shadows and shadows[0]["requests"] >= 20 and shadows[0]
+
+        shadow = _wait(shadowed, 60, "20 shadow copies to version 2")
+        assert shadow["target"] == "2" and shadow["errors"] == 0
+    finally:
+        _http_json(app, "DELETE", "/v2/models/recommender/traffic")
+
+
 # --- a version swap -----------------------------------------------------------------------------
 
 
