@@ -115,13 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .batch import add_parser as add_batch_parser
     from .perf import add_parser as add_perf_parser
+    from .ray.cli import add_parser as add_ray_parser
     from .settings_cli import add_parser as add_settings_parser
+    from .traffic._cli import add_parsers as add_traffic_parsers
 
     add_perf_parser(sub)
     add_batch_parser(sub)
     add_settings_parser(sub)
-    from .traffic._cli import add_parsers as add_traffic_parsers
-
+    add_ray_parser(sub)
     add_traffic_parsers(sub)
     return parser
 

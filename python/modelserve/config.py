@@ -17,6 +17,7 @@ Keys and defaults (``config.yaml`` may be absent: every key then takes its defau
     keep_previous_versions: 1       # superseded versions kept loaded for instant rollback
     warmup: []                      # [{batch_size, count, data: zero|random|file, file}]
     parameters: {}                  # free-form, handed to the backend
+    ray: {}                         # replicas and resources on a Ray cluster; see RayConfig
     traffic: null                   # the initial traffic policy (modelserve.traffic.policy)
 """
 
@@ -41,6 +42,7 @@ __all__ = [
     "InstancesConfig",
     "VersionPolicy",
     "WarmupConfig",
+    "RayConfig",
     "ModelConfig",
     "load_config",
     "parse_config",
@@ -179,6 +181,36 @@ class WarmupConfig(_Strict):
         return self
 
 
+class RayConfig(_Strict):
+    """How ``modelserve ray deploy`` runs each version of the model on a Ray cluster (ignored by
+    ``modelserve serve``). Every replica hosts a whole Runtime for the version, so the model's
+    ``instances`` and ``dynamic_batching`` apply inside each replica. ``min_replicas ==
+    max_replicas`` is a fixed count; otherwise Ray Serve autoscales between them, aiming at
+    ``target_ongoing_requests`` requests per replica."""
+
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=1, ge=1)
+    initial_replicas: int | None = Field(default=None, ge=0)
+    target_ongoing_requests: float = Field(default=8.0, gt=0)
+    max_ongoing_requests: int = Field(default=64, ge=1)  # per replica; more wait in the caller
+    upscale_delay_s: float = Field(default=30.0, ge=0)
+    downscale_delay_s: float = Field(default=600.0, ge=0)
+    num_cpus: float = Field(default=1.0, ge=0)  # per replica
+    num_gpus: float = Field(default=0.0, ge=0)  # per replica
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "RayConfig":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas <= max_replicas; got {self.min_replicas} > {self.max_replicas}")
+        initial = self.initial_replicas
+        if initial is not None and not self.min_replicas <= initial <= self.max_replicas:
+            raise ValueError(
+                f"initial_replicas within [min_replicas={self.min_replicas}, max_replicas={self.max_replicas}]"
+                f"; got {initial}"
+            )
+        return self
+
+
 class ModelConfig(_Strict):
     backend: str | None = None
     max_batch_size: int = Field(default=0, ge=0)
@@ -191,6 +223,7 @@ class ModelConfig(_Strict):
     keep_previous_versions: int = Field(default=1, ge=0)
     warmup: list[WarmupConfig] = Field(default_factory=list)
     parameters: dict[str, Any] = Field(default_factory=dict)
+    ray: RayConfig = Field(default_factory=RayConfig)
     traffic: TrafficPolicy | None = None  # the initial policy; a saved change wins (README)
 
     @field_validator("backend")

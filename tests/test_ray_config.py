@@ -1,0 +1,65 @@
+"""What modelserve.ray needs that does not need Ray: the ``ray`` section of config.yaml, the
+``modelserve ray deploy`` command line, and the install hint where Ray is missing. The cluster
+itself is tested in test_ray.py (marked ``ray``)."""
+
+import sys
+
+import pytest
+
+from modelserve.cli import build_parser
+from modelserve.config import ConfigError, parse_config
+
+BROKEN = [
+    ({"ray": {"min_replicas": 3, "max_replicas": 2}}, "ray", "min_replicas <= max_replicas; got 3 > 2"),
+    ({"ray": {"min_replicas": 1, "max_replicas": 4, "initial_replicas": 5}}, "ray", "initial_replicas within"),
+    ({"ray": {"max_replicas": 0}}, "ray.max_replicas", "got 0"),
+    ({"ray": {"target_ongoing_requests": 0}}, "ray.target_ongoing_requests", "got 0"),
+    ({"ray": {"num_cpus": -1}}, "ray.num_cpus", "got -1"),
+    ({"ray": {"replicas": 2}}, "ray.replicas", "did you mean"),
+]
+
+
+@pytest.mark.parametrize("data, key, fragment", BROKEN, ids=[b[2][:30] for b in BROKEN])
+def test_broken_ray_section_names_file_and_key(data, key, fragment):
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, source="models/m/config.yaml")
+    matching = [e for e in info.value.errors if e.startswith(f"models/m/config.yaml: {key}:")]
+    assert matching and any(fragment in e for e in matching), info.value.errors
+
+
+def test_ray_section_defaults_to_one_replica_of_one_cpu():
+    ray = parse_config({}).ray
+    assert (ray.min_replicas, ray.max_replicas, ray.num_cpus, ray.num_gpus) == (1, 1, 1.0, 0.0)
+    scaled = parse_config({"ray": {"min_replicas": 0, "max_replicas": 8, "num_cpus": 0.5}}).ray
+    assert (scaled.min_replicas, scaled.max_replicas, scaled.num_cpus) == (0, 8, 0.5)
+
+
+def test_ray_deploy_command_line():
+    args = build_parser().parse_args(
+        ["ray", "deploy", "--model-repository", "models", "--address", "auto", "--model", "mlp", "--grpc-port", "9001"]
+    )
+    assert (args.model_repository, args.address, args.model, args.grpc_port, args.http_port) == (
+        "models", "auto", ["mlp"], 9001, 8000)
+    assert args.proxy_location == "EveryNode" and args.state_dir is None
+
+
+def test_without_ray_the_error_names_the_install(monkeypatch):
+    import modelserve.ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    monkeypatch.delitem(sys.modules, "modelserve.ray._app", raising=False)  # imported by test_ray, maybe
+    monkeypatch.delattr(modelserve.ray, "_app", raising=False)
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'modelserve\[ray\]'"):
+        modelserve.ray.deploy
+
+
+def test_a_replica_refusal_keeps_its_class_message_and_retry_hint():
+    pytest.importorskip("ray.serve")
+    from modelserve.errors import InternalError, ResourceExhaustedError
+    from modelserve.ray._replica import raise_remote_error
+
+    with pytest.raises(ResourceExhaustedError, match="queue of model 'm' is full") as full:
+        raise_remote_error(("ResourceExhaustedError", "queue of model 'm' is full", 0.25))
+    assert full.value.retry_after_s == 0.25
+    with pytest.raises(InternalError, match="boom"):  # not a modelserve error: INTERNAL
+        raise_remote_error(("KeyError", "boom", None))
