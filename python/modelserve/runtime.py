@@ -195,20 +195,12 @@ class Runtime:
     ) -> Served:
         """:meth:`infer_async`, also saying which model and version number ran (what the
         frontends report): the version named, or the one the traffic policy chose."""
-        endpoint = self.traffic.active.get(model) if version is None else None
-        routed = endpoint.route(routing) if endpoint is not None else None
-        target, target_version = (routed.model, routed.version) if routed is not None else (model, version)
-        try:
+        async def run(target: str, target_version: Version) -> tuple[Any, int]:
             with self.repository.get(target).route(target_version) as mv:
                 request = _submit(mv, mv.engine.submit_async, inputs, outputs, priority, timeout_us)
-            out = await request.outputs(as_numpy=as_numpy)
-        except BaseException as e:
-            if routed is not None:
-                routed.fail(e)
-            raise
-        if routed is not None:
-            routed.finish(inputs, out)
-        return Served(out, target, mv.version)
+            return await request.outputs(as_numpy=as_numpy), mv.version
+
+        return Served(*await self.traffic.run_routed(model, version, inputs, routing, run))
 
     def run_batch(self, model: str, input: str | Path, output: str | Path, **options: Any) -> Any:
         """Scores the dataset file ``input`` with ``model`` and writes ``output`` (npy, npz,

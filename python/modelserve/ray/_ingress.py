@@ -199,19 +199,11 @@ class ClusterCatalog:
         """Runs one request where the model's traffic policy sends it (when it names no
         version and the model has a policy), else on ``version``; returns the outputs and the
         model and version number that ran, as :meth:`modelserve.Runtime.infer_routed_async`."""
-        endpoint = self.traffic.active.get(model) if version is None else None
-        routed = endpoint.route(routing) if endpoint is not None else None
-        target, target_version = (routed.model, routed.version) if routed is not None else (model, version)
-        try:
+        async def run(target: str, target_version: int | str | None) -> tuple[dict[str, Any], int]:
             number = self.resolve_version(target, target_version)
-            out = await self._dispatch(target, number, inputs, outputs, priority, timeout_us, as_numpy)
-        except BaseException as e:
-            if routed is not None:
-                routed.fail(e)
-            raise
-        if routed is not None:
-            routed.finish(inputs, out)
-        return Served(out, target, number)
+            return await self._dispatch(target, number, inputs, outputs, priority, timeout_us, as_numpy), number
+
+        return Served(*await self.traffic.run_routed(model, version, inputs, routing, run))
 
     async def infer_async(
         self,

@@ -8,8 +8,9 @@ The request path is two calls a frontend or the Runtime makes around its own dis
         ... run the request on (r.model, r.version) ...
         r.finish(inputs, outputs)               # or r.fail(error): outcome, latency, shadows
 
-so the same manager serves the synchronous ``Runtime.infer`` and ``asyncio`` paths, and
-``await manager.infer(...)`` does all three through the catalog (a Ray ingress). Policy
+so the same manager serves the synchronous ``Runtime.infer`` and ``asyncio`` paths;
+``await manager.run_routed(...)`` does all three around an async dispatch (the Runtime's
+``infer_routed_async`` and the Ray ingress). Policy
 changes, rollouts and their ticks take the manager's lock; the request path takes none (it
 reads the ``active`` dict, whose entries are replaced whole).
 
@@ -24,7 +25,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -357,21 +358,31 @@ class TrafficManager:
         ep = self.active.get(endpoint)
         return None if ep is None else ep.route(routing)
 
-    async def infer(
-        self, endpoint: str, inputs: Mapping[str, Any], *, routing: Mapping[str, Any] | None = None
-    ) -> tuple[dict[str, Any], str, int | str | None]:
-        """Routes and runs one request through the catalog: (outputs, model, version) of the target
-        that answered. Without a policy, the endpoint's default version answers."""
-        routed = self.route(endpoint, routing)
-        if routed is None:
-            return await self.catalog.infer(endpoint, None, inputs), endpoint, None
+    async def run_routed(
+        self,
+        endpoint: str,
+        version: int | str | None,
+        inputs: Mapping[str, Any],
+        routing: Mapping[str, Any] | None,
+        run: Callable[[str, int | str | None], Awaitable[tuple[Any, int]]],
+    ) -> tuple[Any, str, int]:
+        """Runs one request where it belongs: ``run(model, version)`` does the dispatch and
+        returns (outputs, version number that ran). A request that names a version, or whose
+        endpoint has no policy, runs on (endpoint, version) as asked; otherwise on the target the
+        policy picks, with its outcome recorded (and shadows fed). Returns (outputs, model,
+        version number). The Runtime and the Ray ingress both serve through this."""
+        ep = self.active.get(endpoint) if version is None else None
+        if ep is None:
+            outputs, number = await run(endpoint, version)
+            return outputs, endpoint, number
+        routed = ep.route(routing)
         try:
-            outputs = await self.catalog.infer(routed.model, routed.version, inputs)
+            outputs, number = await run(routed.model, routed.version)
         except BaseException as e:
             routed.fail(e)
             raise
         routed.finish(inputs, outputs)
-        return outputs, routed.model, routed.version
+        return outputs, routed.model, number
 
     # --- readout -----------------------------------------------------------------------------------
     def _target_stats(self, endpoint: str, target: str) -> TargetStats:
