@@ -184,3 +184,15 @@ def test_validate_exits_1_for_a_broken_repository(tmp_path):
                             capture_output=True, text=True, check=False)
     assert result.returncode == 1
     assert "did you mean 'max_batch_size'" in result.stderr
+
+
+def test_a_port_in_use_is_one_clear_line_and_exit_1(server, tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "modelserve.cli", "serve", "--model-repository", str(tmp_path / "empty"),
+         "--grpc-port", str(server.grpc_port), "--http-port", "0"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 1
+    assert f"gRPC cannot listen on 127.0.0.1:{server.grpc_port}" in result.stderr and "--grpc-port" in result.stderr
+    assert "Traceback" not in result.stderr

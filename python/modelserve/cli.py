@@ -68,7 +68,11 @@ def _serve(args: argparse.Namespace) -> int:
         memory_evict=args.memory_evict,
         state_dir=args.state_dir,
     )
-    return server.run()
+    try:
+        return server.run()
+    except OSError as e:  # a port that cannot be bound: the message names the address and the flag
+        print(f"modelserve serve: {e}", file=sys.stderr)
+        return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
