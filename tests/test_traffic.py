@@ -555,6 +555,19 @@ def test_invalid_rollouts_are_rejected(rt):
         rt.traffic.pause_rollout("m")
 
 
+def test_a_rollout_names_its_targets_by_id_as_the_cli_does():
+    from modelserve.traffic import parse_rollout
+
+    spec = parse_rollout({"candidate": 2, "baseline": "stable"})
+    assert (spec.candidate.model, spec.candidate.version) == (None, 2)
+    assert (spec.baseline.model, spec.baseline.version) == (None, "stable")
+    other = parse_rollout({"candidate": "other:3"}).candidate
+    assert (other.model, other.version) == ("other", 3)
+    with pytest.raises(InvalidArgumentError, match=r"candidate: .*expected \[model:\]version") as bad:
+        parse_rollout({"candidate": "other:"})
+    assert "got" in str(bad.value) and str(bad.value).count(", got") == 1
+
+
 def test_the_divergence_gate_rolls_back_a_candidate_whose_outputs_differ(rt, clock):
     spec = rollout_spec(gates={**GATES, "divergence": {"shadow_percent": 100, "max_disagreement": 0.1}})
     rt.traffic.start_rollout("m", spec)

@@ -93,6 +93,20 @@ class TargetRef(_Strict):
     model: str | None = Field(default=None, min_length=1)
     version: int | str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        """A rollout's ``candidate: 2`` or ``baseline: "stable"`` / ``"other:3"`` (the target id)
+        stands for ``{version: 2}`` / ``{version: "stable"}`` / ``{model: other, version: 3}``."""
+        if isinstance(data, int) and not isinstance(data, bool):
+            return {"version": data}
+        if isinstance(data, str):
+            try:
+                return parse_target(data)
+            except InvalidArgumentError as e:
+                raise ValueError(str(e)) from None
+        return data
+
     @field_validator("version")
     @classmethod
     def _version(cls, v: Version) -> Version:
@@ -198,7 +212,7 @@ class RolloutSpec(_Strict):
     @classmethod
     def _increasing(cls, v: list[int]) -> list[int]:
         if not v or any(b <= a for a, b in zip(v, v[1:])) or v[-1] != 100:
-            raise ValueError(f"strictly increasing percentages ending at 100, got {v}")
+            raise ValueError("strictly increasing percentages ending at 100")
         return v
 
 
