@@ -11,10 +11,8 @@ Ray Serve is not installed (``pip install '.[ray]'``; ``.[test]`` includes it).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
-import tempfile
 import threading
 import time
 import urllib.error
@@ -33,11 +31,11 @@ import ray  # noqa: E402
 import tritonclient.grpc as grpcclient  # noqa: E402
 import tritonclient.http as httpclient  # noqa: E402
 from ray import serve  # noqa: E402
-from ray.cluster_utils import Cluster  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 import modelserve  # noqa: E402
 import modelserve.ray as modelserve_ray  # noqa: E402
+from modelserve.ray._local import loopback_cluster  # noqa: E402
 from modelserve._proto import modelserve_pb2, modelserve_pb2_grpc  # noqa: E402
 
 pytestmark = pytest.mark.ray
@@ -86,33 +84,9 @@ def _running(deployment: str) -> int:
 @pytest.fixture(scope="module")
 def cluster():
     """Two Ray nodes on this machine: the head (the proxies, the ingress) and a worker."""
-    scratch = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # Ray's socket paths must stay short
-    with pytest.MonkeyPatch.context() as mp:
-        # Else Ray binds a non-loopback address. Ray reads the variable when it is imported (this
-        # module imported it already), so its constant is set too; the Ray processes read the
-        # variable.
-        mp.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        mp.setattr(ray._private.ray_constants, "ENABLE_RAY_CLUSTER", False)
-        mp.setenv("RAY_AUTH_MODE", "disabled")
-        mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
-        mp.setenv("RAY_TMPDIR", str(scratch))
-        # Workers import modelserve from this tree, wherever their working folder is.
-        package_root = str(Path(modelserve.__file__).resolve().parents[1])
-        mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
-        c = Cluster(initialize_head=True,
-                    head_node_args={"num_cpus": 2, "resources": {"head": 1}, "include_dashboard": False})
-        worker = c.add_node(num_cpus=2, resources={"worker": 1})
-        try:
-            ray.init(address=c.address, log_to_driver=False)
-            c.wait_for_nodes()
-            yield c, worker
-        finally:
-            try:
-                serve.shutdown()
-            finally:
-                ray.shutdown()
-                c.shutdown()
-                shutil.rmtree(scratch, ignore_errors=True)
+    with loopback_cluster({"num_cpus": 2, "resources": {"head": 1}},
+                          [{"num_cpus": 2, "resources": {"worker": 1}}]) as (c, (worker,)):
+        yield c, worker
 
 
 @pytest.fixture(scope="module")

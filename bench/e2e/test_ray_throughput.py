@@ -27,7 +27,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -80,35 +79,12 @@ def _set_replicas(repo: Path, n: int) -> None:
 @pytest.fixture(scope="module")
 def ray_cluster():
     """A one-node Ray cluster on loopback, shut down (every Ray process) at the end."""
-    from ray.cluster_utils import Cluster
+    from modelserve.ray._local import loopback_cluster
 
-    scratch = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        mp.setattr(ray._private.ray_constants, "ENABLE_RAY_CLUSTER", False)
-        mp.setenv("RAY_AUTH_MODE", "disabled")
-        mp.setenv("RAY_USAGE_STATS_ENABLED", "0")
-        mp.setenv("RAY_TMPDIR", str(scratch))
-        # Ray starts its workers at niceness 15: on a machine shared with other work they would
-        # yield to everything, the single server included. Equal footing for the comparison:
-        mp.setenv("RAY_worker_niceness", "0")
-        import modelserve
-
-        package_root = str(Path(modelserve.__file__).resolve().parents[1])
-        mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
-        c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
-        try:
-            ray.init(address=c.address, log_to_driver=False)
-            yield c
-        finally:
-            from ray import serve
-
-            try:
-                serve.shutdown()
-            finally:
-                ray.shutdown()
-                c.shutdown()
-                shutil.rmtree(scratch, ignore_errors=True)
+    # Ray starts its workers at niceness 15: on a machine shared with other work they would
+    # yield to everything, the single server included. Equal footing for the comparison:
+    with loopback_cluster({"num_cpus": 2}, env={"RAY_worker_niceness": "0"}) as (c, _):
+        yield c
 
 
 def test_ray_overhead_against_the_single_server(repository, ray_cluster, bench_duration, bench_seed, tables):

@@ -1,0 +1,85 @@
+"""A Ray cluster of simulated nodes on this machine, bound to loopback only: what the Ray tests
+and the Ray benchmark run on (``ray.cluster_utils.Cluster``, one raylet per node).
+
+Facts it encodes, each a way such a cluster goes wrong otherwise:
+
+- Ray binds a non-loopback address unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``; Ray reads
+  the variable when it is imported, so the constant it read is set as well (the Ray processes
+  started later read the variable).
+- ``RAY_AUTH_MODE=disabled`` and ``RAY_USAGE_STATS_ENABLED=0``: no token to hand around, no
+  usage report attempted.
+- ``RAY_TMPDIR`` is a short fresh folder (Ray's socket paths must stay under the Unix limit);
+  it is removed afterwards.
+- Ray's workers import modelserve from the same tree as the caller, wherever their working
+  folder is (``PYTHONPATH``).
+
+Everything set is restored, and every Ray process is gone, when the block ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["loopback_cluster"]
+
+
+@contextlib.contextmanager
+def loopback_cluster(
+    head: Mapping[str, Any],
+    workers: Sequence[Mapping[str, Any]] = (),
+    *,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[tuple[Any, list[Any]]]:
+    """Starts a head node (``head``: ``Cluster.add_node`` arguments, the dashboard off unless
+    asked) and ``workers``, connects this process (``ray.init``), and yields ``(cluster, worker
+    nodes)``; at the end shuts Ray Serve, Ray and every node down. ``env``: more variables for
+    the Ray processes (e.g. ``RAY_worker_niceness``)."""
+    import ray
+    from ray._private import ray_constants
+    from ray.cluster_utils import Cluster
+
+    import modelserve
+
+    scratch = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+    package_root = str(Path(modelserve.__file__).resolve().parents[1])
+    variables = {
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_TMPDIR": str(scratch),
+        "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
+        **(env or {}),
+    }
+    saved_env = {k: os.environ.get(k) for k in variables}
+    saved_constant = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ.update(variables)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        cluster = Cluster(initialize_head=True, head_node_args={"include_dashboard": False, **head})
+        try:
+            nodes = [cluster.add_node(**w) for w in workers]
+            ray.init(address=cluster.address, log_to_driver=False)
+            cluster.wait_for_nodes()
+            yield cluster, nodes
+        finally:
+            from ray import serve
+
+            try:
+                serve.shutdown()
+            finally:
+                ray.shutdown()
+                cluster.shutdown()
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_constant
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        shutil.rmtree(scratch, ignore_errors=True)
