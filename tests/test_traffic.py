@@ -2,6 +2,7 @@
 readouts, persistence, validation (fake clocks: rollouts tick only when a test says so)."""
 
 import asyncio
+import collections
 import json
 import threading
 import time
@@ -402,14 +403,25 @@ def send(rt, n, threads=1):
     return answers, errors
 
 
+def send_until_each_answers(rt, versions, at_least=30, batch=50, most=5000):
+    """Sends batches of requests until every version in ``versions`` has answered ``at_least`` of
+    them, so a gate's minimum number of requests is met whatever the random split drew."""
+    seen = collections.Counter()
+    while any(seen[v] < at_least for v in versions):
+        assert sum(seen.values()) < most, f"after {most} requests only {dict(seen)} answered"
+        answers, errors = send(rt, batch)
+        assert not errors, errors[:3]
+        seen.update(answers)
+    return seen
+
+
 def test_a_healthy_candidate_is_promoted_through_every_step(rt, clock):
     status = rt.traffic.start_rollout("m", rollout_spec(), actor="ci")
     assert status["baseline"] == "stable" and status["weight"] == 20
     weights = []
     for _ in range(3):
         weights.append(rt.traffic.rollout("m")["weight"])
-        answers, errors = send(rt, 150)
-        assert not errors
+        send_until_each_answers(rt, [2] if weights[-1] == 100 else [1, 2])
         rt.traffic.tick()  # the step interval has not passed: no move
         assert rt.traffic.rollout("m")["weight"] == weights[-1]
         clock.advance(10)
@@ -524,7 +536,7 @@ def test_manual_pause_resume_promote_and_abort(rt, clock):
 def test_a_rollout_survives_a_restart(repo, clock):
     with Runtime(repo, traffic_clock=clock) as rt:
         rt.traffic.start_rollout("m", rollout_spec())
-        send(rt, 150)
+        send_until_each_answers(rt, [1, 2])
         clock.advance(10)
         rt.traffic.tick()
         assert rt.traffic.rollout("m")["weight"] == 50
