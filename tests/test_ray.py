@@ -81,6 +81,13 @@ def _running(deployment: str) -> int:
     return _replicas(deployment).get("RUNNING", 0)
 
 
+def _replica_actors(deployment: str) -> set[str]:
+    """The names of the Ray actors that are ``deployment``'s replicas (each ends in the
+    replica's unique id, so a restarted replica has a new name)."""
+    marker = f"::{APP}#{deployment}#"
+    return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if marker in a["name"]}
+
+
 @pytest.fixture(scope="module")
 def cluster():
     """Two Ray nodes on this machine: the head (the proxies, the ingress) and a worker."""
@@ -377,6 +384,8 @@ def test_version_swap_rolls_replicas_without_failed_requests(app):
         t.start()
     try:
         _wait(lambda: answered["1"] >= 20, 60, "requests before the swap")
+        untouched = {d: _replica_actors(d) for d in ("add_sub-v1", "recommender-v1", "metrics-directory")}
+        assert all(untouched.values()), untouched
         app["deploy"]()  # the cluster's swap: deploy the repository again
         _wait(lambda: answered["2"] >= 20, 120, "requests answered by version 2 after the swap")
     finally:
@@ -384,6 +393,8 @@ def test_version_swap_rolls_replicas_without_failed_requests(app):
         for t in threads:
             t.join(30)
     assert failures == []
+    # Only what changed rolled: the deployments of versions already served kept their replicas.
+    assert {d: _replica_actors(d) for d in untouched} == untouched
     client = grpcclient.InferenceServerClient(app["grpc"])
     # The superseded version stays served, by number (keep_previous_versions: 1), as on one server.
     assert client.infer("mlp", _mlp_inputs(grpcclient), model_version="1").get_response().model_version == "1"

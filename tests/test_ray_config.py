@@ -63,3 +63,40 @@ def test_a_replica_refusal_keeps_its_class_message_and_retry_hint():
     assert full.value.retry_after_s == 0.25
     with pytest.raises(InternalError, match="boom"):  # not a modelserve error: INTERNAL
         raise_remote_error(("KeyError", "boom", None))
+
+
+class _FakeServe:
+    """Ray Serve as a busy node shows it: the first proxy is killed before it is ready (so the
+    first ``serve.start`` fails), and its replacement is STARTING for ``starting`` polls."""
+
+    def __init__(self, starting):
+        self.starts, self.starting = 0, starting
+
+    def start(self, **options):
+        import ray
+
+        self.starts += 1
+        if self.starts == 1:
+            raise ray.exceptions.ActorDiedError()
+
+    def status(self):
+        from types import SimpleNamespace
+
+        self.starting -= 1
+        return SimpleNamespace(proxies={"head": "STARTING" if self.starting >= 0 else "HEALTHY"})
+
+
+def test_deploy_rides_out_a_proxy_that_serve_restarts_while_starting(monkeypatch):
+    pytest.importorskip("ray.serve")
+    from modelserve.ray import _app
+
+    now = [0.0]
+    fake = _FakeServe(starting=3)
+    monkeypatch.setattr(_app, "serve", fake)
+    _app._start_serve({}, clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s))
+    assert fake.starts == 2 and now[0] == 1.5  # connected again, then waited out three STARTING polls
+
+    fake = _FakeServe(starting=1000)
+    monkeypatch.setattr(_app, "serve", fake)
+    with pytest.raises(TimeoutError, match=r"proxies are not ready after 10 s: \{'head': 'STARTING'\}"):
+        _app._start_serve({}, timeout_s=10, clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s))

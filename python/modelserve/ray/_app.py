@@ -19,14 +19,20 @@ spec changes (its default is the new version), so Ray Serve rolls the ingress: a
 replica starts, reads every version replica, and only then takes requests, while the old one
 finishes what it has. The superseded version stays deployed (``keep_previous_versions``, see
 :func:`plan`), so requests the old ingress still routes to it succeed; it goes at a later deploy.
-Deployments whose arguments did not change keep their replicas.
+Deployments whose replicas would host the same thing keep their replicas: each version
+deployment carries a digest of its files and config as its Serve version
+(:func:`_replica_version`), since ``serve.run`` would otherwise roll every deployment on every
+deploy. The ingress has no such version: it rolls on every deploy, which is how it learns the
+new spec.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +40,7 @@ import ray
 from ray import serve
 from ray.serve.config import gRPCOptions
 
+from .._version import __version__
 from ..config import ModelConfig, RayConfig, load_config
 from ..errors import InvalidArgumentError, NotFoundError
 from ..repository import scan_repository
@@ -122,6 +129,29 @@ def plan(
     return out
 
 
+#: Config keys that only decide routing (read by the ingress), not what a replica hosts.
+_ROUTING_KEYS = {"labels", "traffic", "version_policy", "keep_previous_versions", "ray"}
+
+
+def _replica_version(root: Path, model: str, version: int, config: ModelConfig) -> str:
+    """A version deployment's Serve version: a digest of what its replicas are built from (the
+    version folder's files by path, size and modification time; the model's config less its
+    routing keys; modelserve's version). Serve rolls a deployment's replicas when its version
+    changes and keeps them when it does not, so a redeploy restarts only what changed; left to
+    itself, ``serve.run`` gives every deployment a fresh random version on each deploy and rolls
+    every replica of every model (Note [Swaps on the cluster]). The ``ray`` section is left out:
+    Serve compares replica counts, autoscaling and actor options itself."""
+    digest = hashlib.blake2b(digest_size=12)
+    digest.update(f"{__version__}\0{root}\0{model}\0{version}\0".encode())
+    digest.update(config.model_dump_json(exclude=_ROUTING_KEYS).encode())
+    folder = root / model / str(version)
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            stat = path.stat()
+            digest.update(f"{path.relative_to(folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+    return digest.hexdigest()
+
+
 def build_app(
     repository: str | Path,
     *,
@@ -140,15 +170,16 @@ def build_app(
     root = Path(repository).resolve()
     served = plan(root, models, previous)
     extra = dict(ingress_actor_options or {})
-    directory = MetricsDirectory.options(name="metrics-directory", num_replicas=1,
-                                         ray_actor_options={"num_cpus": 0, **extra}).bind()
+    directory = MetricsDirectory.options(name="metrics-directory", num_replicas=1, version=__version__,
+                                         ray_actor_options={"num_cpus": 0, **extra}, _internal=True).bind()
     handles: dict[str, Any] = {}
     spec: dict[str, Any] = {"models": {}}
     replica = serve.deployment(VersionReplica)
     for name, entry in served.items():
         for version in entry["versions"]:
             options = _deployment_options(name, version, entry["config"].ray)
-            handles[options["name"]] = replica.options(**options).bind(str(root), name, version, directory)
+            options["version"] = _replica_version(root, name, version, entry["config"])
+            handles[options["name"]] = replica.options(**options, _internal=True).bind(str(root), name, version, directory)
         spec["models"][name] = {
             "versions": {v: deployment_name(name, v) for v in entry["versions"]},
             "labels": entry["labels"],
@@ -158,6 +189,9 @@ def build_app(
     ingress = serve.deployment(serve.ingress()(Ingress)).options(
         name="ingress", num_replicas=ingress_replicas, ray_actor_options={"num_cpus": INGRESS_NUM_CPUS, **extra},
         max_ongoing_requests=1000,
+        # An ingress leaving waits for the requests it forwarded, which may wait on version
+        # replicas that are finishing their own queues (30 s, above).
+        graceful_shutdown_timeout_s=60,
     )
     options = {"max_message_bytes": max_message_bytes,
                "traffic_state_dir": str(traffic_state_dir) if traffic_state_dir is not None else None}
@@ -173,6 +207,42 @@ def _served_versions(app: str) -> dict[str, list[int]]:
         if sep and model and version.isdigit():
             out.setdefault(model, []).append(int(version))
     return out
+
+
+#: How long ``deploy`` waits for Serve to replace a proxy it restarted while starting.
+PROXY_START_TIMEOUT_S = 180.0
+
+
+def _start_serve(
+    options: Mapping[str, Any],
+    *,
+    timeout_s: float = PROXY_START_TIMEOUT_S,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """``serve.start``, riding out a proxy that Serve restarts while it starts.
+
+    Serve's controller kills a proxy that is not ready within
+    ``RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S`` (5 s by default) and starts another with a longer
+    allowance; but ``serve.start`` waits on the first proxy only, so on a busy node it fails with
+    ``ActorDiedError`` although Serve is up and recovering. Then this connects to the running
+    Serve and waits for its replacement proxies instead."""
+    try:
+        serve.start(**options)
+        return
+    except ray.exceptions.ActorDiedError as e:
+        log.warning("a Ray Serve proxy was restarted while Serve started (a slow node; raise "
+                    "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S on the cluster to avoid it); waiting for "
+                    "its replacement: %s", str(e).splitlines()[0])
+    serve.start(**options)  # the controller is running: this connects to it
+    deadline = clock() + timeout_s
+    while True:
+        proxies = {node: str(getattr(s, "value", s)) for node, s in serve.status().proxies.items()}
+        if proxies and all(s in ("HEALTHY", "DRAINING") for s in proxies.values()):
+            return
+        if clock() > deadline:
+            raise TimeoutError(f"Ray Serve's proxies are not ready after {timeout_s:.0f} s: {proxies}")
+        sleep(0.5)
 
 
 def deploy(
@@ -205,12 +275,12 @@ def deploy(
         ray.init(address=address or os.environ.get("RAY_ADDRESS"), log_to_driver=False)
     # Serve's per-request access log would cost the proxies and every replica a line per call.
     logging_config = {"log_level": "WARNING", "enable_access_log": False}
-    serve.start(
-        proxy_location=proxy_location,
-        http_options={"host": host, "port": http_port},
-        grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=GRPC_SERVICERS),
-        logging_config=logging_config,
-    )
+    _start_serve({
+        "proxy_location": proxy_location,
+        "http_options": {"host": host, "port": http_port},
+        "grpc_options": gRPCOptions(port=grpc_port, grpc_servicer_functions=GRPC_SERVICERS),
+        "logging_config": logging_config,
+    })
     app = build_app(repository, models=models, previous=_served_versions(name), ingress_replicas=ingress_replicas,
                     ingress_actor_options=ingress_actor_options, max_message_bytes=max_message_bytes,
                     traffic_state_dir=traffic_state_dir)

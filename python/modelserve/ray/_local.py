@@ -10,6 +10,9 @@ Facts it encodes, each a way such a cluster goes wrong otherwise:
   usage report attempted.
 - ``RAY_TMPDIR`` is a short fresh folder (Ray's socket paths must stay under the Unix limit);
   it is removed afterwards.
+- ``RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S=30``: Serve kills a proxy that is not ready within
+  5 s, which a proxy starting on a busy 2-core machine can miss (``deploy`` rides that out,
+  but it costs a restart).
 - Ray's workers import modelserve from the same tree as the caller, wherever their working
   folder is (``PYTHONPATH``).
 
@@ -52,6 +55,7 @@ def loopback_cluster(
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
         "RAY_AUTH_MODE": "disabled",
         "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30",
         "RAY_TMPDIR": str(scratch),
         "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
         **(env or {}),
