@@ -10,6 +10,8 @@ Facts it encodes, each a way such a cluster goes wrong otherwise:
   usage report attempted.
 - ``RAY_TMPDIR`` is a short fresh folder (Ray's socket paths must stay under the Unix limit);
   it is removed afterwards.
+- A node may fail to start on a busy machine (a raylet not registered within Ray's fixed
+  30 s); the start is torn down and tried again, up to ``STARTS`` times.
 - ``RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S=30``: Serve kills a proxy that is not ready within
   5 s, which a proxy starting on a busy 2-core machine can miss (``deploy`` rides that out,
   but it costs a restart).
@@ -22,14 +24,18 @@ Everything set is restored, and every Ray process is gone, when the block ends.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 __all__ = ["loopback_cluster"]
+
+log = logging.getLogger("modelserve.ray")
 
 
 @contextlib.contextmanager
@@ -65,11 +71,8 @@ def loopback_cluster(
     os.environ.update(variables)
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
-        cluster = Cluster(initialize_head=True, head_node_args={"include_dashboard": False, **head})
+        cluster, nodes = _start(Cluster, {"include_dashboard": False, **head}, workers, scratch)
         try:
-            nodes = [cluster.add_node(**w) for w in workers]
-            ray.init(address=cluster.address, log_to_driver=False)
-            cluster.wait_for_nodes()
             yield cluster, nodes
         finally:
             from ray import serve
@@ -87,3 +90,56 @@ def loopback_cluster(
             else:
                 os.environ[k] = v
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+#: Tries at starting the cluster: a raylet that does not register with the GCS within Ray's fixed
+#: 30 s (seen about once in ten suite runs on a busy 2-core machine) fails the whole start.
+STARTS = 3
+
+
+def _start(cluster_class: Any, head: Mapping[str, Any], workers: Sequence[Mapping[str, Any]],
+           scratch: Path) -> tuple[Any, list[Any]]:
+    """Starts the nodes and connects; a failed try is torn down (processes and all) and the
+    start tried again in a fresh folder, up to ``STARTS`` times."""
+    import ray
+
+    for attempt in range(1, STARTS + 1):
+        folder = scratch / str(attempt)
+        folder.mkdir()
+        os.environ["RAY_TMPDIR"] = str(folder)
+        cluster = None
+        try:
+            cluster = cluster_class(initialize_head=True, head_node_args=dict(head))
+            nodes = [cluster.add_node(**w) for w in workers]
+            ray.init(address=cluster.address, log_to_driver=False)
+            cluster.wait_for_nodes()
+            return cluster, nodes
+        except Exception as e:
+            log.warning("starting the loopback Ray cluster failed (try %d of %d): %s", attempt, STARTS, e)
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            if cluster is not None:
+                with contextlib.suppress(Exception):
+                    cluster.shutdown()
+            _kill_processes_using(folder)  # a head node that failed to start is not in ``cluster``
+            if attempt == STARTS:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _kill_processes_using(folder: Path) -> None:
+    """Kills the processes whose command line names ``folder`` (every Ray process names its
+    session folder there)."""
+    needle = str(folder).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        pid = int(entry.name)
+        try:
+            if needle not in (entry / "cmdline").read_bytes():
+                continue
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)  # reap it when it is our child (the node's processes are)
