@@ -51,7 +51,6 @@ def loopback_cluster(
     the Ray processes (e.g. ``RAY_worker_niceness``)."""
     import ray
     from ray._private import ray_constants
-    from ray.cluster_utils import Cluster
 
     import modelserve
 
@@ -71,7 +70,7 @@ def loopback_cluster(
     os.environ.update(variables)
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
-        cluster, nodes = _start(Cluster, {"include_dashboard": False, **head}, workers, scratch)
+        cluster, nodes = _start({"include_dashboard": False, **head}, workers, scratch)
         try:
             yield cluster, nodes
         finally:
@@ -97,19 +96,21 @@ def loopback_cluster(
 STARTS = 3
 
 
-def _start(cluster_class: Any, head: Mapping[str, Any], workers: Sequence[Mapping[str, Any]],
-           scratch: Path) -> tuple[Any, list[Any]]:
+def _start(head: Mapping[str, Any], workers: Sequence[Mapping[str, Any]], scratch: Path) -> tuple[Any, list[Any]]:
     """Starts the nodes and connects; a failed try is torn down (processes and all) and the
     start tried again in a fresh folder, up to ``STARTS`` times."""
     import ray
+    from ray.cluster_utils import Cluster
 
-    for attempt in range(1, STARTS + 1):
+    attempt = 0
+    while True:  # returns, or raises on the last try
+        attempt += 1
         folder = scratch / str(attempt)
         folder.mkdir()
         os.environ["RAY_TMPDIR"] = str(folder)
         cluster = None
         try:
-            cluster = cluster_class(initialize_head=True, head_node_args=dict(head))
+            cluster = Cluster(initialize_head=True, head_node_args=dict(head))
             nodes = [cluster.add_node(**w) for w in workers]
             ray.init(address=cluster.address, log_to_driver=False)
             cluster.wait_for_nodes()
@@ -124,7 +125,6 @@ def _start(cluster_class: Any, head: Mapping[str, Any], workers: Sequence[Mappin
             _kill_processes_using(folder)  # a head node that failed to start is not in ``cluster``
             if attempt == STARTS:
                 raise
-    raise AssertionError("unreachable")
 
 
 def _kill_processes_using(folder: Path) -> None:
