@@ -9,6 +9,18 @@ the queued and in-flight gauges current at enqueue and dequeue. A custom collect
 scrape time, with the version states and load durations of the repository and the memory pools'
 statistics. So measuring costs a scrape, not a per-request lock or allocation.
 
+Note [Series of what exists]
+~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+Every collector builds its families afresh at each scrape from what exists at that moment (no
+long-lived labelled metric objects), so a series lives exactly as long as its subject: a version's
+while it is loading, warming, ready, draining or failed (an UNLOADED version has none: retired
+versions would otherwise pile up over a model's life); an endpoint's target and shadow series
+while the policy in force names them (traffic/manager.py, ``snapshot``); a rollout's while it
+runs, and once finished while its endpoint still has a policy. A removed thing's series are gone
+at the next scrape. One that comes back continues from the totals kept for it (a target's or a
+shadow's, which the readout still uses) or starts at zero (a reloaded version's new engine),
+which Prometheus reads as a counter reset.
+
 ======================================================  =========  =================================
 metric                                                  type       labels
 ======================================================  =========  =================================
@@ -24,6 +36,7 @@ modelserve_model_state                                  gauge      model, versio
 modelserve_model_load_duration_seconds                  gauge      model, version, phase (load, warmup)
 modelserve_memory_pool_bytes                            gauge      pool, kind (in_use, held, peak)
 modelserve_memory_pool_hit_ratio                        gauge      pool
+process_*, python_info, python_gc_*                     various    prometheus_client's standard ones
 ======================================================  =========  =================================
 
 Autoscaling, saturation and memory budgets: server/scaling_metrics.py.
@@ -37,7 +50,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST, CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -109,6 +124,8 @@ class _RuntimeCollector(Collector):
             except Exception:  # unloaded between listing and reading
                 continue
             for version, v in info["versions"].items():
+                if v["state"] == VersionState.UNLOADED.value:  # Note [Series of what exists]
+                    continue
                 labels = [name, str(version)]
                 for s in VersionState:
                     state.add_metric(labels + [s.value], 1.0 if v["state"] == s.value else 0.0)
@@ -140,6 +157,12 @@ class Metrics:
         from .traffic_metrics import TrafficCollector  # per endpoint and target: traffic_metrics.py
 
         self.registry.register(TrafficCollector(runtime.traffic))
+        # The process's CPU, memory, file descriptors and start time, the interpreter's version
+        # and its garbage collector: registered on this registry, not prometheus_client's global
+        # one, so every Metrics (two servers in one process, a Ray replica) has its own.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,6 +1,8 @@
 """Prometheus metrics of traffic management, labelled by ``endpoint`` (the model name clients
 call) and ``target`` (``[model:]version``, as in policies), read at scrape time from the
-TrafficManager's totals (Note [Metrics at scrape time] in metrics.py).
+TrafficManager's totals (Note [Metrics at scrape time] in metrics.py): only for the targets and
+shadows of the policies in force and the rollouts of endpoints that still have one (Note [Series
+of what exists] in metrics.py).
 
 ==============================================  =========  ==========================================
 metric                                          type       labels

@@ -671,15 +671,21 @@ class TrafficManager:
 
     def snapshot(self) -> dict[str, Any]:
         """Totals for the metrics collector: per (endpoint, target) outcomes and latency
-        histograms, weights, shadows' outcomes, drops and comparisons, and rollouts."""
+        histograms, weights, shadows' outcomes, drops and comparisons, and rollouts.
+
+        Only what exists now (Note [Series of what exists]): the targets and shadows of the
+        policies in force, and each endpoint's rollout while it runs or, once finished, while its
+        endpoint still has a policy. A target dropped from a split, a removed shadow or a cleared
+        policy leaves no series behind; its samples stay for :meth:`readout` and the gates."""
         with self._lock:
-            stats = dict(self._stats)
-            shadows = dict(self._shadow_stats_)
-            rollouts = {n: (r.state.value, r.weight, r.candidate) for n, r in self._rollouts.items()}
-        weights = {(n, t.id): t.weight for n, ep in list(self.active.items()) for t in ep.targets}
+            active = dict(self.active)
+            targets = {(n, t.id): t for n, ep in active.items() for t in ep.targets}
+            shadows = {(n, s.id): s.stats for n, ep in active.items() for s in ep.shadows}
+            rollouts = {n: (r.state.value, r.weight, r.candidate) for n, r in self._rollouts.items()
+                        if r.state.active or n in active}
         return {
-            "targets": {k: s.totals() for k, s in stats.items()},
-            "weights": weights,
+            "targets": {k: t.stats.totals() for k, t in targets.items()},
+            "weights": {k: t.weight for k, t in targets.items()},
             "shadows": {k: {**s.outcomes.totals(), "comparison": s.comparison()} for k, s in shadows.items()},
             "rollouts": rollouts,
         }
