@@ -267,3 +267,94 @@ def test_interpreter_exit_with_work_queued_is_clean(tmp_path):
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "exiting"
+
+
+# --- statistics under load (Note [Count before publishing]) -------------------------------------
+
+
+@pytest.mark.parametrize("max_batch_size", [0, 8])
+def test_in_flight_never_wraps_while_statistics_are_sampled_under_load(max_batch_size):
+    # Eight closed-loop submitters have at most eight requests outstanding: a read above that is
+    # the unsigned counter wrapping (finish() subtracting before dispatch() added).
+    submitters = 8
+    r = core._bench.scheduler_overhead(submitters, 3000, max_batch_size=max_batch_size, instances=2,
+                                       sample_stats=True)
+    assert r["samples"] > 1000, "the sampler hardly ran; the test proves nothing"
+    assert r["max_in_flight"] <= submitters
+    assert r["max_queued"] <= submitters
+
+
+def test_in_flight_and_queued_return_to_zero_after_load():
+    backend = NativeBackend("identity")
+    with ModelEngine("m", backend, max_batch_size=4, instance_count=2) as e:
+        pending = [e.submit(row(i)) for i in range(500)]
+        for p in pending:
+            assert p.wait(30)
+        s = e.stats()
+        assert (s["in_flight"], s["queued"], s["success_count"]) == (0, 0, 500)
+
+
+# --- drain (Note [Drain]) -------------------------------------------------------------------------
+
+
+def test_close_with_drain_starts_an_instance_for_a_queue_that_has_none():
+    backend = NativeBackend("identity")
+    e = ModelEngine("m", backend, max_batch_size=4, instance_count=1)
+    e.set_instance_count(0)  # scaled to zero: requests wait for a cold start
+    pending = [e.submit(row(i)) for i in range(5)]
+    closer = threading.Thread(target=e.close)
+    closer.start()
+    closer.join(20)
+    assert not closer.is_alive(), "close(drain=True) hung on a queue with no instance"
+    for i, p in enumerate(pending):
+        assert p.wait(1)
+        assert p.outputs()["INPUT0"][0, 0] == i
+
+
+def test_close_with_drain_fails_the_queue_at_once_when_no_instance_can_start():
+    made = []
+
+    class OnceOnly:
+        def __init__(self, index, device):
+            if made:
+                raise RuntimeError("weights are gone")
+            made.append(index)
+
+        def execute(self, inputs):
+            return {"OUTPUT0": inputs["INPUT0"]}
+
+    e = ModelEngine("m", OnceOnly, max_batch_size=4, instance_count=1, device="cpu")
+    e.set_instance_count(0)
+    pending = [e.submit(row(i)) for i in range(3)]
+    closer = threading.Thread(target=e.close, kwargs={"timeout_s": None})
+    closer.start()
+    closer.join(20)
+    assert not closer.is_alive(), "close(drain=True) hung when no instance could start"
+    for p in pending:
+        assert p.wait(1)
+        with pytest.raises(modelserve.UnavailableError, match="no instance could start.*weights are gone"):
+            p.outputs()
+
+
+def test_requests_still_queued_when_the_drain_timeout_passes_fail_with_unavailable(held):
+    e = ModelEngine("m", held, max_batch_size=1, instance_count=1)
+    first = e.submit(row(0))
+    assert held.started.wait(10)  # the only instance is busy until released
+    queued = [e.submit(row(i)) for i in range(1, 4)]
+    closer = threading.Thread(target=e.close, kwargs={"timeout_s": 0.2})
+    closer.start()
+    for p in queued:
+        assert p.wait(20), "a queued request outlived the drain timeout"
+        with pytest.raises(modelserve.UnavailableError, match="drain timeout of 200 ms"):
+            p.outputs()
+    held.release()
+    closer.join(20)
+    assert not closer.is_alive()
+    assert first.wait(1)
+    assert first.outputs()["OUTPUT0"][0, 0] == 0  # the running batch finished
+
+
+def test_close_refuses_a_negative_timeout(recorder):
+    with ModelEngine("m", recorder, max_batch_size=1) as e:
+        with pytest.raises(modelserve.InvalidArgumentError, match="timeout_s must be >= 0"):
+            e.close(timeout_s=-1)

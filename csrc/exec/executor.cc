@@ -164,25 +164,32 @@ size_t Executor::free_slots() const {
   return slots;
 }
 
+// Note [Count before publishing]
+// ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+// stats_.in_flight is unsigned and finish() subtracts a batch's requests from it. Once a batch is
+// in an instance's `work` queue, that instance may run and finish it before this thread takes
+// another step, so the batch is counted before it is published: under mutex_ (which orders the
+// publication), then stats_mutex_ (lock order mutex_ -> stats_mutex_; nothing takes them the
+// other way round). A reader of stats() therefore sees in_flight >= 0 at every instant.
 bool Executor::dispatch(Batch& batch) {
   const size_t n = batch.requests.size();
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    // The least loaded instance with a free slot; if a resize took the slot the batcher counted,
-    // any live instance (one batch over its depth is harmless).
-    Instance* best = nullptr;
-    for (const auto& inst : instances_) {
-      if (inst->retiring) continue;
-      const bool free = inst->load() < inst->depth;
-      const bool best_free = best && best->load() < best->depth;
-      if (!best || (free && !best_free) || (free == best_free && inst->load() < best->load())) best = inst.get();
-    }
-    if (!best) return false;
-    best->work.push_back(std::move(batch));
-    best->cv.notify_one();
+  std::lock_guard<std::mutex> lock(mutex_);
+  // The least loaded instance with a free slot; if a resize took the slot the batcher counted,
+  // any live instance (one batch over its depth is harmless).
+  Instance* best = nullptr;
+  for (const auto& inst : instances_) {
+    if (inst->retiring) continue;
+    const bool free = inst->load() < inst->depth;
+    const bool best_free = best && best->load() < best->depth;
+    if (!best || (free && !best_free) || (free == best_free && inst->load() < best->load())) best = inst.get();
   }
-  std::lock_guard<std::mutex> lock(stats_mutex_);
-  stats_.in_flight += n;
+  if (!best) return false;
+  {
+    std::lock_guard<std::mutex> stats_lock(stats_mutex_);
+    stats_.in_flight += n;
+  }
+  best->work.push_back(std::move(batch));
+  best->cv.notify_one();
   return true;
 }
 

@@ -137,7 +137,7 @@ class Executor final : public BatchSink {
   bool stopping_ = false;                             // guarded by mutex_
   std::mutex resize_mutex_;                           // serialises set_instance_count/stop
 
-  mutable std::mutex stats_mutex_;
+  mutable std::mutex stats_mutex_;  // taken after mutex_ when both are held (Note [Count before publishing])
   ModelStats stats_;  // guarded by stats_mutex_
 };
 

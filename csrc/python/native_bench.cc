@@ -96,9 +96,11 @@ py::dict stress(const std::shared_ptr<MemoryResource>& r, int threads, int itera
   return d;
 }
 
-// Closed-loop submitters against a model with the no-op native backend.
+// Closed-loop submitters against a model with the no-op native backend. With sample_stats, one
+// more thread reads the model's statistics in a loop meanwhile and reports the largest queued and
+// in-flight counts it saw (a closed loop bounds both by the number of submitters).
 py::dict scheduler_overhead(int submitters, int requests_per_submitter, int64_t max_batch_size,
-                            int64_t max_queue_delay_us, int instances) {
+                            int64_t max_queue_delay_us, int instances, bool sample_stats) {
   ModelConfig c;
   c.name = "bench_noop";
   c.batching.max_batch_size = max_batch_size;
@@ -110,6 +112,7 @@ py::dict scheduler_overhead(int submitters, int requests_per_submitter, int64_t 
   std::vector<std::vector<int64_t>> latencies(submitters);
   double elapsed_s = 0;
   uint64_t batches = 0;
+  uint64_t max_in_flight = 0, max_queued = 0, samples = 0;
   {
     py::gil_scoped_release release;
     Model model(c, native_backend_factory(o));
@@ -135,11 +138,25 @@ py::dict scheduler_overhead(int submitters, int requests_per_submitter, int64_t 
         lat.push_back(std::chrono::duration_cast<ns>(Clock::now() - t0).count());
       }
     };
+    std::atomic<bool> submitting{true};
+    std::thread sampler;
+    if (sample_stats) {
+      sampler = std::thread([&] {
+        while (submitting.load(std::memory_order_relaxed)) {
+          const ModelStats s = model.stats();
+          max_in_flight = std::max(max_in_flight, s.in_flight);
+          max_queued = std::max(max_queued, s.queued);
+          ++samples;
+        }
+      });
+    }
     const auto t0 = Clock::now();
     std::vector<std::thread> ts;
     for (int t = 0; t < submitters; ++t) ts.emplace_back(body, t);
     for (auto& t : ts) t.join();
     elapsed_s = std::chrono::duration<double>(Clock::now() - t0).count();
+    submitting = false;
+    if (sampler.joinable()) sampler.join();
     batches = model.stats().execution_count;
     model.shutdown(true);
   }
@@ -149,6 +166,9 @@ py::dict scheduler_overhead(int submitters, int requests_per_submitter, int64_t 
   d["latencies_ns"] = all;
   d["elapsed_s"] = elapsed_s;
   d["batches"] = batches;
+  d["max_in_flight"] = max_in_flight;
+  d["max_queued"] = max_queued;
+  d["samples"] = samples;
   return d;
 }
 }  // namespace
@@ -165,7 +185,8 @@ void bind_bench(py::module_& m) {
   b.def("stress", &stress, py::arg("resource"), py::arg("threads") = 4, py::arg("iterations") = 2000,
         py::arg("max_bytes") = 65536, py::arg("seed") = 0);
   b.def("scheduler_overhead", &scheduler_overhead, py::arg("submitters"), py::arg("requests_per_submitter"),
-        py::arg("max_batch_size") = 64, py::arg("max_queue_delay_us") = 0, py::arg("instances") = 1);
+        py::arg("max_batch_size") = 64, py::arg("max_queue_delay_us") = 0, py::arg("instances") = 1,
+        py::arg("sample_stats") = false);
 }
 
 }  // namespace modelserve::python
