@@ -249,14 +249,36 @@ def test_an_urgent_request_overtakes_the_queue_over_http(tmp_path):
 def test_the_retry_hint_is_the_drain_time_of_the_queue_ahead():
     from modelserve.admission import retry_after_s
 
-    # 100 batches of 2 requests, 10 ms each: 200 requests/s per instance.
+    # 100 batches of 2 requests, 10 ms each: 200 requests/s per instance. The model-wide compute
+    # times are summed per request (2 s), batch_stats' once per batch (1 s).
     stats = {"instances": 2, "queued": 30, "in_flight": 2, "execution_count": 100, "success_count": 200,
-             "compute_input_ns": 0, "compute_infer_ns": 1_000_000_000, "compute_output_ns": 0}
+             "compute_input_ns": 0, "compute_infer_ns": 2_000_000_000, "compute_output_ns": 0,
+             "batch_stats": {2: {"count": 100, "compute_input_ns": 0, "compute_infer_ns": 1_000_000_000,
+                                 "compute_output_ns": 0}}}
     assert retry_after_s(stats) == pytest.approx(32 / 400)
     assert retry_after_s({**stats, "queued": 398}) == pytest.approx(1.0)
     assert retry_after_s({**stats, "instances": 0}, last_cold_start_s=2.0) == pytest.approx(32 / 200 + 2.0)
     assert retry_after_s({"instances": 1, "queued": 5, "in_flight": 1}) == 1.0  # nothing measured yet
 
+
+
+def test_the_retry_hint_matches_a_real_batching_engine():
+    from modelserve import ModelEngine, NativeBackend
+    from modelserve.admission import retry_after_s
+
+    # Batches of up to 8 requests, 20 ms each (the identity backend sleeps): the queue drains at
+    # about 8 / 0.02 = 400 requests/s. Summing the per-request compute times over batches would
+    # make the hint about 8 times too long.
+    with ModelEngine("m", NativeBackend("identity", delay_us=20_000), max_batch_size=8, instance_count=1) as e:
+        pending = [e.submit({"INPUT0": np.zeros((1, 4), np.float32)}) for _ in range(81)]
+        for p in pending:
+            assert p.wait(30)
+        stats = e.stats()
+    per_batch = stats["success_count"] / stats["execution_count"]
+    assert per_batch > 4, f"the requests did not batch ({per_batch:.1f} per batch); the test proves nothing"
+    hint = retry_after_s({**stats, "queued": 200, "in_flight": 0})
+    ideal = 200 / per_batch * 0.020  # batches ahead x 20 ms
+    assert ideal <= hint < 1.5 * ideal, (hint, ideal)
 
 # --- ~3x capacity -------------------------------------------------------------------------------
 

@@ -13,7 +13,8 @@ cancels, so neither ever reaches the backend. What this module adds:
   earliest wins and becomes the request's queue timeout.
 - **Retry hint.** A refusal carries ``retry_after_s``, the time the queue ahead needs to drain at
   the model's measured rate: ``(queued + in_flight) / (instances x requests per batch / batch
-  time)``, from the core's cumulative statistics (one second before anything has run; plus the
+  time)``, from the core's cumulative statistics (the batch time from ``batch_stats``, where each
+  batch counts once) (one second before anything has run; plus the
   last cold-start time when the version has no instance). The HTTP frontend sends it as
   ``Retry-After`` (whole seconds, at least 1), the gRPC frontend as the trailing metadata
   ``grpc-retry-pushback-ms`` (gRPC's own retry-throttling key, in milliseconds).
@@ -52,13 +53,20 @@ def header_deadline_us(value: str | None, what: str) -> int | None:
 
 
 def retry_after_s(stats: dict[str, Any], last_cold_start_s: float | None = None) -> float:
-    """How long the queue ahead of a refused request takes to drain (Note [Admission control])."""
+    """How long the queue ahead of a refused request takes to drain (Note [Admission control]).
+
+    The model-wide ``compute_*_ns`` are summed per request (Triton's ModelStatistics), so a batch
+    of n requests counts its time n times there; the time of one batch is taken from
+    ``batch_stats``, where each batch counts once."""
     instances = stats.get("instances", 0)
     ahead = stats.get("queued", 0) + stats.get("in_flight", 0)
     batches = stats.get("execution_count", 0)
     completed = stats.get("success_count", 0)
-    if batches and completed:
-        batch_s = (stats["compute_input_ns"] + stats["compute_infer_ns"] + stats["compute_output_ns"]) / batches / 1e9
+    per_size = stats.get("batch_stats") or {}
+    batch_count = sum(b["count"] for b in per_size.values())
+    if batches and completed and batch_count:
+        batch_ns = sum(b["compute_input_ns"] + b["compute_infer_ns"] + b["compute_output_ns"] for b in per_size.values())
+        batch_s = batch_ns / batch_count / 1e9
         rate = max(instances, 1) * (completed / batches) / max(batch_s, 1e-6)  # requests per second
         hint = ahead / rate
     else:
