@@ -116,11 +116,21 @@ void Model::set_batching(BatcherConfig batching) {
 
 BatcherConfig Model::batching() const { return batcher_.config(); }
 
-void Model::shutdown(bool drain) {
+// See Note [Drain].
+void Model::shutdown(bool drain, std::chrono::nanoseconds drain_timeout) {
   if (shut_down_.exchange(true)) {
     return;
   }
-  batcher_.stop(drain);
+  std::string reason;
+  if (drain && executor_.instance_count() == 0 && batcher_.queued() > 0) {
+    try {
+      executor_.set_instance_count(1);
+    } catch (const std::exception& e) {
+      reason = "no instance could start to drain the queue: " + std::string(e.what());
+      drain = false;
+    }
+  }
+  batcher_.stop(drain, drain_timeout, reason);
   executor_.stop();
 }
 

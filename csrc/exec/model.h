@@ -31,6 +31,17 @@ struct ModelConfig {
   std::string label() const { return "model '" + name + "' version " + std::to_string(version); }
 };
 
+// Note [Drain]
+// ~~~~~~~~~~~~
+// shutdown(drain=true) stops admitting and lets the batcher dispatch what is queued, then stops
+// the instances. Two things could make that wait for ever, and both are bounded here:
+//   - no instance to run the queue: a version scaled to zero (or evicted) with requests waiting
+//     for their cold start. The drain starts one instance for them; when that fails (the backend
+//     cannot load), the queued requests fail at once with UNAVAILABLE naming the reason.
+//   - a queue that does not empty in time (a slow model, a long queue, requests without a
+//     timeout): with a drain_timeout, the requests still queued when it passes fail with
+//     UNAVAILABLE naming the timeout. Batches already dispatched always finish; they are never
+//     interrupted.
 class Model {
  public:
   Model(ModelConfig config, BackendFactory factory);
@@ -51,8 +62,9 @@ class Model {
   void set_batching(BatcherConfig batching);  // max_batch_size cannot change while serving
   BatcherConfig batching() const;
 
-  // Stops taking requests; with drain, runs those queued first; then stops the instances.
-  void shutdown(bool drain);
+  // Stops taking requests; with drain, runs those queued first (Note [Drain]); then stops the
+  // instances. A drain_timeout of zero waits as long as the queue takes.
+  void shutdown(bool drain, std::chrono::nanoseconds drain_timeout = std::chrono::nanoseconds::zero());
   ModelStats stats() const;
 
  private:

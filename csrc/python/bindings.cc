@@ -7,6 +7,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstring>
 
 #include "cuda/cuda_runtime.h"
@@ -411,8 +413,15 @@ PYBIND11_MODULE(_core, m) {
            })
       .def("batching", [](PyModel& self) { return batching_dict(self.get()->batching()); })
       .def(
-          "shutdown", [](PyModel& self, bool drain) { self.get()->shutdown(drain); }, py::arg("drain") = true,
-          py::call_guard<py::gil_scoped_release>())
+          "shutdown",
+          [](PyModel& self, bool drain, double drain_timeout_s) {
+            MS_EXPECTS(drain_timeout_s >= 0 && drain_timeout_s == drain_timeout_s, kInvalidArgument,
+                       self.get()->config().label(), ": drain timeout must be >= 0 seconds, got ", drain_timeout_s);
+            // Past a year is no timeout (and keeps the nanosecond count in range).
+            const double s = std::min(drain_timeout_s, 365.0 * 24 * 3600);
+            self.get()->shutdown(drain, std::chrono::nanoseconds(static_cast<int64_t>(s * 1e9)));
+          },
+          py::arg("drain") = true, py::arg("drain_timeout_s") = 0.0, py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("name", [](PyModel& self) { return self.get()->config().name; })
       .def_property_readonly("version", [](PyModel& self) { return self.get()->config().version; })
       .def_property_readonly("device", [](PyModel& self) { return self.get()->config().device.str(); })

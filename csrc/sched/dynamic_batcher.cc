@@ -43,25 +43,33 @@ void DynamicBatcher::start(BatchSink* sink) {
   thread_ = std::thread([this] { run(); });
 }
 
-void DynamicBatcher::stop(bool drain) {
+void DynamicBatcher::stop(bool drain, std::chrono::nanoseconds drain_timeout, const std::string& reason) {
   std::vector<RequestPtr> dropped;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     accepting_ = false;
     stopping_ = true;
     drain_ = drain;
-    if (!drain || !thread_.joinable()) {
-      for (auto& q : queues_) {
-        for (auto& r : q) dropped.push_back(std::move(r));
-        q.clear();
-      }
-      queued_ = 0;
-      queued_bytes_ = 0;
+    const auto now = Clock::now();
+    if (drain_timeout > std::chrono::nanoseconds::zero() && drain_timeout < Clock::time_point::max() - now) {
+      drain_timeout_ = drain_timeout;
+      drain_deadline_ = now + drain_timeout;
     }
+    if (!drain || !thread_.joinable()) drop_all_locked(dropped);
   }
   cv_.notify_all();
-  for (auto& r : dropped) r->fail(StatusCode::kUnavailable, model_ + ": shut down before the request ran");
+  const std::string why = reason.empty() ? "" : " (" + reason + ")";
+  for (auto& r : dropped) r->fail(StatusCode::kUnavailable, model_ + ": shut down before the request ran" + why);
   if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
+}
+
+void DynamicBatcher::drop_all_locked(std::vector<RequestPtr>& dropped) {
+  for (auto& q : queues_) {
+    for (auto& r : q) dropped.push_back(std::move(r));
+    q.clear();
+  }
+  queued_ = 0;
+  queued_bytes_ = 0;
 }
 
 void DynamicBatcher::enqueue(RequestPtr& request) {
@@ -354,6 +362,20 @@ void DynamicBatcher::run() {
       continue;
     }
     if (stopping_ && queued_ == 0 && dispatching_ == 0) break;  // inline dispatches land first
+    if (stopping_ && now >= drain_deadline_ && queued_ > 0) {
+      // The drain ran out of time (Note [Drain]): what is still queued fails, and the loop ends
+      // once the batches already popped have landed.
+      std::vector<RequestPtr> dropped;
+      drop_all_locked(dropped);
+      const auto timeout_ms = std::chrono::duration_cast<std::chrono::milliseconds>(drain_timeout_).count();
+      lock.unlock();
+      for (auto& r : dropped) {
+        r->fail(StatusCode::kUnavailable, model_ + ": shut down before the request ran (the drain timeout of " +
+                                              std::to_string(timeout_ms) + " ms passed)");
+      }
+      lock.lock();
+      continue;
+    }
     Batch batch;
     Clock::time_point due;
     if (take_due_locked(now, batch, due)) {
@@ -362,7 +384,7 @@ void DynamicBatcher::run() {
       lock.lock();
       continue;
     }
-    sleeping_until_ = std::min(next_deadline_, due);
+    sleeping_until_ = std::min({next_deadline_, due, stopping_ ? drain_deadline_ : Clock::time_point::max()});
     if (sleeping_until_ == Clock::time_point::max()) {
       cv_.wait(lock);
     } else {

@@ -74,8 +74,11 @@ class DynamicBatcher {
   // Starts the batcher thread, which dispatches to `sink` (not owned; must outlive stop()).
   void start(BatchSink* sink);
   // Stops taking requests. With drain, queued requests are still dispatched and the call returns
-  // when the queue is empty; without, they fail with UNAVAILABLE. Joins the thread.
-  void stop(bool drain);
+  // when the queue is empty; those still queued when `drain_timeout` has passed (if it is > 0),
+  // and all of them without drain, fail with UNAVAILABLE (`reason` is added to the message).
+  // Joins the thread.
+  void stop(bool drain, std::chrono::nanoseconds drain_timeout = std::chrono::nanoseconds::zero(),
+            const std::string& reason = "");
 
   void enqueue(RequestPtr& request);
   // Removes a queued request and completes it with CANCELLED. False if it is not queued (it ran,
@@ -100,6 +103,8 @@ class DynamicBatcher {
   Formed form_locked(Clock::time_point now) const;
   Batch pop_locked(size_t count, Clock::time_point now);
   void expire_locked(Clock::time_point now, std::vector<RequestPtr>& expired);
+  // Moves every queued request into `dropped` (shutdown without drain, or a drain out of time).
+  void drop_all_locked(std::vector<RequestPtr>& dropped);
   // Dispatches a popped batch outside the lock; queues it again if the sink has no instance.
   void hand_off(Batch& batch);
   // Pops a batch that is due now into `batch` (true), or tells when to look again (`wake`).
@@ -117,6 +122,9 @@ class DynamicBatcher {
   bool accepting_ = false;                    // guarded by mutex_
   bool stopping_ = false;                     // guarded by mutex_
   bool drain_ = true;                         // guarded by mutex_
+  // While draining: when requests still queued fail (max: never); guarded by mutex_.
+  Clock::time_point drain_deadline_ = Clock::time_point::max();
+  std::chrono::nanoseconds drain_timeout_{0};  // guarded by mutex_; for the message
   // Batches popped but not yet handed to the sink (they will take a slot free_slots() still
   // counts); guarded by mutex_. See Note [Inline dispatch].
   size_t dispatching_ = 0;

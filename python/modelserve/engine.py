@@ -253,9 +253,17 @@ class ModelEngine:
         sizes, and the queued and in-flight counts now."""
         return self._model.stats()
 
-    def close(self, drain: bool = True) -> None:
-        """Stops taking requests; with ``drain`` runs those queued, else fails them (UNAVAILABLE)."""
-        self._model.shutdown(drain)
+    def close(self, drain: bool = True, timeout_s: float | None = 30.0) -> None:
+        """Stops taking requests; with ``drain`` runs those queued, else fails them (UNAVAILABLE).
+
+        A drain never waits for ever (Note [Drain] in csrc/exec/model.h): with no instance (scaled
+        to zero) it starts one for the queue, and fails the queue at once when none can start;
+        requests still queued after ``timeout_s`` (None: no limit) fail with UNAVAILABLE. Batches
+        already running always finish."""
+        if timeout_s is not None and not timeout_s >= 0:
+            raise InvalidArgumentError(f"model '{self.name}': close timeout_s must be >= 0 or None, got {timeout_s}")
+        # The core reads 0 as no limit.
+        self._model.shutdown(drain, drain_timeout_s=0.0 if timeout_s is None else max(timeout_s, 1e-9))
         _open_engines.discard(self)
 
     def __enter__(self) -> "ModelEngine":

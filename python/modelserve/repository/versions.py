@@ -352,14 +352,8 @@ class ModelVersion:
     def _release(self, drain: bool) -> None:
         if self.engine is not None:
             with self._scale_lock:  # no scaling after this
-                if drain and self.instances == 0 and self.engine.stats()["queued"]:
-                    # Scaled to zero (or evicted) with requests waiting for a cold start: give
-                    # them an instance, or the drain would wait for ever.
-                    try:
-                        self.engine.set_instance_count(max(self.scaling.min, 1))
-                    except Exception:
-                        log.exception("%s: starting an instance to drain the queue failed", self.label)
-                        drain = False
+                # Scaled to zero (or evicted) with requests waiting for a cold start, the engine
+                # starts an instance for them (Note [Drain] in csrc/exec/model.h).
                 self.engine.close(drain=drain)
         with self._lock:
             handles, self._instances = list(self._instances), weakref.WeakSet()
