@@ -101,3 +101,25 @@ def test_examples_readme_request_runs(monkeypatch):
     monkeypatch.chdir(ROOT)
     (code,) = python_blocks(ROOT / "examples" / "README.md")
     exec(compile(code, "examples/README.md", "exec"), {"__name__": "readme"})
+
+
+# The distribution that provides each top-level module the README's snippets import.
+DISTRIBUTIONS = {"numpy": "numpy", "tritonclient": "tritonclient", "modelserve": "modelserve", "yaml": "pyyaml",
+                 "grpc": "grpcio", "matplotlib": "matplotlib", "onnxruntime": "onnxruntime", "torch": "torch"}
+
+
+def test_the_first_command_installs_what_the_readme_snippets_import():
+    import sys
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    installed = {re.split(r"[\[<>=!~ ;]", d)[0].lower() for d in project["dependencies"] + project["optional-dependencies"]["examples"]}
+    installed.add("modelserve")
+    assert 'pip install ".[examples]"' in (ROOT / "README.md").read_text(), "the first command changed; update this test"
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    modules = {m for b in blocks for m in re.findall(r"^\s*(?:import|from)\s+([A-Za-z_]\w*)", b, flags=re.M)}
+    for module in sorted(modules - set(sys.stdlib_module_names)):
+        assert module in DISTRIBUTIONS, f"README imports {module}: add its distribution to DISTRIBUTIONS"
+        assert DISTRIBUTIONS[module] in installed, (
+            f"README imports {module} but pip install \".[examples]\" does not install {DISTRIBUTIONS[module]}"
+        )
