@@ -792,6 +792,45 @@ def test_asyncio_client_deadline(loop, servers):
     time.sleep(0.5)
 
 
+def test_stream_holds_at_most_max_stream_requests_in_the_core(loop, extra_runtime):
+    """At the cap the stream is not read: the core never holds more of the stream's requests
+    than max_stream_requests, and every request is answered once the model frees up."""
+    frontend, url = loop.start(extra_runtime, max_stream_requests=2)
+    c = grpcclient.InferenceServerClient(url)
+
+    def held() -> int:
+        s = extra_runtime.model_statistics("slow")[0]
+        return s["in_flight"] + s["queued"]
+
+    deadline = time.monotonic() + 10
+    while held() and time.monotonic() < deadline:  # what earlier tests left has finished
+        time.sleep(0.01)
+    results: queue.Queue = queue.Queue()
+    c.start_stream(lambda result, error: results.put((result, error)))
+    try:
+        c.async_stream_infer("slow", _slow_input(1.0), request_id="0")  # holds the one instance for 1 s
+        for i in range(1, 8):
+            c.async_stream_infer("slow", _slow_input(0), request_id=str(i))
+        most, deadline = 0, time.monotonic() + 0.9
+        while time.monotonic() < deadline:
+            most = max(most, held())
+            time.sleep(0.005)
+        got = [results.get(timeout=30) for _ in range(8)]
+    finally:
+        c.stop_stream()
+        c.close()
+        loop.run(frontend.stop(0))
+    assert most == 2
+    assert [error for _, error in got] == [None] * 8
+    assert sorted(int(r.get_response().id) for r, _ in got) == list(range(8))
+
+
+def test_max_stream_requests_below_one_is_refused(loop, runtime):
+    frontend = GrpcFrontend(runtime, ServerOptions(grpc_port=0, max_stream_requests=0), Health(runtime))
+    with pytest.raises(modelserve.InvalidArgumentError, match="max_stream_requests must be at least 1, got 0"):
+        loop.run(frontend.start())
+
+
 # --- many clients -------------------------------------------------------------------------------
 
 

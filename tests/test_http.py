@@ -411,15 +411,20 @@ def test_bytes_round_trip_binary_and_json(extra):
                 assert list(out) == [e.decode() for e in elements]
 
 
-def test_fp16_round_trips_as_binary_and_is_refused_as_json(extra):
+def test_fp16_round_trips_as_binary_and_as_json(extra):
     x = np.array([[0.5, -2, 65504]], np.float16)
     with httpclient.InferenceServerClient(extra.url) as c:
-        i = httpclient.InferInput("INPUT0", [1, 3], "FP16")
-        i.set_data_from_numpy(x)
-        np.testing.assert_array_equal(c.infer("identity_fp16", [i]).as_numpy("OUTPUT0"), x)
-    body, _ = infer_body([{"name": "INPUT0", "datatype": "FP16", "shape": [1, 3], "data": [0.5, -2, 1]}])
+        for binary in (True, False):
+            i = httpclient.InferInput("INPUT0", [1, 3], "FP16")
+            i.set_data_from_numpy(x, binary_data=binary)
+            out = httpclient.InferRequestedOutput("OUTPUT0", binary_data=binary)
+            np.testing.assert_array_equal(c.infer("identity_fp16", [i], outputs=[out]).as_numpy("OUTPUT0"), x)
+
+
+def test_bf16_is_refused_as_json(extra):
+    body, _ = infer_body([{"name": "INPUT0", "datatype": "BF16", "shape": [1, 3], "data": [0.5, -2, 1]}])
     status, message = error_of(request(extra, "POST", "/v2/models/identity_fp16/infer", body))
-    assert status == 400 and "FP16" in message and "binary" in message
+    assert status == 400 and "BF16" in message and "binary" in message
 
 
 def test_empty_tensors_round_trip(extra):
@@ -506,7 +511,7 @@ BAD_REQUESTS = {
                                  "_blob": bytes_blob(b"abc") + b"\x05\0"}]), 400, ["INPUT0", "BYTES"]),
     "BYTES JSON that is not strings": (
         "add_sub", *infer_body([{"name": "INPUT0", "datatype": "BYTES", "shape": [1], "data": [5]}]), 400,
-        ["INPUT0", "strings"]),
+        ["INPUT0", "element 0 is 5", "expected a string for BYTES"]),
     "negative dimension": (
         "add_sub", *infer_body([fp32("INPUT0", [1, -16], np.zeros(16)), GOOD[1]]), 400, ["INPUT0", "negative"]),
     "absurd dimensions": (

@@ -35,6 +35,16 @@ def _read_token(path: str | None, flag: str) -> str | None:
     return token
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer of at least 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer of at least 1, got {value}")
+    return value
+
+
 def _serve(args: argparse.Namespace) -> int:
     from .server.app import Server, configure_logging
     from .server.common import ServerOptions
@@ -57,6 +67,7 @@ def _serve(args: argparse.Namespace) -> int:
         required_models=args.require_model,
         shutdown_grace_s=args.shutdown_grace,
         drain_timeout_s=args.drain_timeout,
+        max_stream_requests=args.max_stream_requests,
     )
     server = Server(
         args.model_repository,
@@ -99,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     s.add_argument("--max-message-bytes", type=int, default=64 * 1024 * 1024,
                    help="largest gRPC message / HTTP body, both directions (default 64 MiB)")
+    s.add_argument("--max-stream-requests", type=_at_least_one, default=64, metavar="N",
+                   help="gRPC ModelStreamInfer: requests in flight per stream; at N the server stops "
+                        "reading the stream, so flow control holds the client back (default 64)")
     s.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain: serve gRPC and HTTP over TLS")
     s.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
     s.add_argument("--tls-client-ca", metavar="FILE", help="PEM CA bundle: require client certificates (mutual TLS)")

@@ -4,7 +4,9 @@ authorisation, and the protocol's datatypes. Errors carry the status table of mo
 from __future__ import annotations
 
 import hmac
+import json
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,8 @@ __all__ = [
     "MAX_ELEMENTS",
     "ServerOptions",
     "check_shape",
+    "checked_values",
+    "expected_value",
     "tensor_from_raw",
     "tensor_from_values",
     "tensor_values",
@@ -77,6 +81,7 @@ class ServerOptions:
     required_models: list[str] = field(default_factory=list)  # ready = these READY; [] = all loaded
     shutdown_grace_s: float = 5.0  # after SIGTERM: not ready at once, new requests refused after this
     drain_timeout_s: float = 30.0  # then in-flight and queued requests get this long to finish
+    max_stream_requests: int = 64  # ModelStreamInfer: requests read and not yet answered, per stream
 
 
 def check_shape(name: str, shape: Sequence[int]) -> list[int]:
@@ -108,7 +113,9 @@ def tensor_from_raw(name: str, datatype: str, shape: Sequence[int], raw: Any) ->
 
 
 def tensor_from_values(name: str, datatype: str, shape: Sequence[int], values: Sequence[Any]) -> Tensor:
-    """A tensor from a flat list of values (JSON ``data``, gRPC typed contents)."""
+    """A tensor from a flat row-major list of values: JSON ``data`` (Python values as ``json``
+    parses them) or gRPC typed contents (a numpy array of the contents field's type, or a list of
+    ``bytes`` for ``bytes_contents``). Every value must pass the rule table (Note [Value rules])."""
     _known_datatype(name, datatype)
     dims = check_shape(name, shape)
     count = math.prod(dims)
@@ -116,16 +123,130 @@ def tensor_from_values(name: str, datatype: str, shape: Sequence[int], values: S
         raise InvalidArgumentError(
             f"input '{name}': shape {dims} needs {count} values, got {len(values)}"
         )
+    return Tensor.from_numpy(checked_values(name, datatype, values).reshape(dims), datatype)
+
+
+# Note [Value rules]: the one table of what a datatype takes as a JSON value or a gRPC typed
+# contents value (README, "Tensor values"). Integer datatypes take integers within the
+# datatype's range: no floats (not even 3.0), no booleans (Python's bool is an int: excluded by
+# exact type). FP16/FP32/FP64 take integers or floats whose finite values stay finite in the
+# datatype (1e300 for FP32 is refused, 65519 for FP16 rounds to 65504 and passes, 65520 would
+# become inf and is refused); NaN and +-Infinity are taken as they are, because gRPC's float
+# fields carry them exactly and Python's json (which tritonclient writes with) spells them NaN
+# and Infinity. BOOL takes true/false only, BYTES strings (JSON) or bytes (gRPC). BF16 has no
+# value form: numpy has no bfloat16 to check against, so it travels as binary data only.
+# Checks are vectorised where the values are already a typed array (gRPC); JSON lists are
+# checked by one pass over their element types, then by numpy.
+_INTEGER_RANGES: dict[str, tuple[int, int]] = {
+    dt: (int(np.iinfo(NUMPY_DTYPES[dt]).min), int(np.iinfo(NUMPY_DTYPES[dt]).max))
+    for dt in ("UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64")
+}
+_FLOAT_LIMITS: dict[str, str] = {"FP16": "65504", "FP32": "3.4028235e+38", "FP64": "1.7976931348623157e+308"}
+_PYTHON_TYPES: dict[str, frozenset[type]] = {
+    **{dt: frozenset({int}) for dt in _INTEGER_RANGES},
+    **{dt: frozenset({int, float}) for dt in _FLOAT_LIMITS},
+    "BOOL": frozenset({bool}),
+    "BYTES": frozenset({str, bytes}),
+}
+_ARRAY_KINDS: dict[str, str] = {
+    **{dt: "iu" for dt in _INTEGER_RANGES}, **{dt: "iuf" for dt in _FLOAT_LIMITS}, "BOOL": "b"
+}
+
+
+def expected_value(datatype: str) -> str:
+    """What the rule table lets ``datatype`` take, as error messages say it."""
+    if datatype in _INTEGER_RANGES:
+        lo, hi = _INTEGER_RANGES[datatype]
+        return f"an integer in [{lo}, {hi}] for {datatype}"
+    if datatype in _FLOAT_LIMITS:
+        limit = _FLOAT_LIMITS[datatype]
+        return f"a number in [-{limit}, {limit}] (or NaN, +-Infinity) for {datatype}"
+    return {"BOOL": "true or false for BOOL", "BYTES": "a string for BYTES"}.get(datatype, f"no value for {datatype}")
+
+
+def _spelled(value: Any) -> str:
+    """A value as the client wrote it (JSON's spelling), cut short."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        text = "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    elif isinstance(value, bytes):
+        text = repr(value)
+    else:
+        try:
+            text = json.dumps(value)
+        except (TypeError, ValueError):
+            text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _refuse_value(name: str, datatype: str, index: int, value: Any) -> InvalidArgumentError:
+    return InvalidArgumentError(
+        f"input '{name}': element {index} is {_spelled(value)}, expected {expected_value(datatype)}"
+    )
+
+
+def checked_values(name: str, datatype: str, values: Sequence[Any]) -> np.ndarray:
+    """``values`` (flat) as a 1-D array of ``datatype``, or InvalidArgumentError naming the tensor,
+    the flat index of the first value the rule table refuses, that value and what was expected."""
+    if datatype not in _PYTHON_TYPES:
+        raise InvalidArgumentError(
+            f"input '{name}': {datatype} values cannot travel as JSON data or typed contents; send them as binary data"
+        )
+    if isinstance(values, np.ndarray) and values.dtype != object:
+        return _checked_array(name, datatype, values.ravel())
+    values = values if isinstance(values, list) else list(values)
+    allowed = _PYTHON_TYPES[datatype]
+    if not set(map(type, values)) <= allowed:
+        index = next(i for i, v in enumerate(values) if type(v) not in allowed)
+        raise _refuse_value(name, datatype, index, values[index])
+    if datatype == "BYTES":
+        array = np.empty(len(values), dtype=object)
+        array[:] = [v.encode() if type(v) is str else v for v in values]
+        return array
+    if datatype == "BOOL":
+        return np.array(values, dtype=np.bool_)
+    if datatype in _INTEGER_RANGES:
+        lo, hi = _INTEGER_RANGES[datatype]
+        try:  # every int fits one of these or the value is out of range for any datatype
+            array = np.array(values, dtype=np.uint64 if datatype == "UINT64" else np.int64)
+        except OverflowError:
+            index = next(i for i, v in enumerate(values) if not lo <= v <= hi)
+            raise _refuse_value(name, datatype, index, values[index]) from None
+        return _checked_array(name, datatype, array, values)
     try:
-        if datatype == "BYTES":
-            items = [v.encode() if isinstance(v, str) else bytes(v) for v in values]
-            array = np.empty(count, dtype=object)
-            array[:] = items
-        else:
-            array = np.asarray(values, dtype=NUMPY_DTYPES[datatype])
-    except (TypeError, ValueError, OverflowError) as e:
-        raise InvalidArgumentError(f"input '{name}': values do not fit datatype {datatype}: {e}") from None
-    return Tensor.from_numpy(array.reshape(dims), datatype)
+        array = np.array(values, dtype=np.float64)
+    except OverflowError:  # an int beyond any float
+        index = next(i for i, v in enumerate(values) if type(v) is int and abs(v) > sys.float_info.max)
+        raise _refuse_value(name, datatype, index, values[index]) from None
+    return _checked_array(name, datatype, array, values)
+
+
+def _checked_array(name: str, datatype: str, array: np.ndarray, original: Sequence[Any] | None = None) -> np.ndarray:
+    """A typed 1-D array checked against the rule table with numpy, cast to ``datatype``; a
+    refusal quotes the element of ``original`` (the client's values) where given."""
+    original = array if original is None else original
+    if datatype == "BYTES" or array.dtype.kind not in _ARRAY_KINDS[datatype]:
+        if not len(array):
+            return np.empty(0, dtype=NUMPY_DTYPES[datatype])
+        raise _refuse_value(name, datatype, 0, original[0])
+    target = NUMPY_DTYPES[datatype]
+    if datatype in _INTEGER_RANGES:
+        lo, hi = _INTEGER_RANGES[datatype]
+        source = np.iinfo(array.dtype)
+        if source.min < lo or source.max > hi:
+            bad = np.flatnonzero((array < lo) | (array > hi))
+            if len(bad):
+                raise _refuse_value(name, datatype, int(bad[0]), original[int(bad[0])])
+        return array.astype(target, copy=False)
+    if datatype in _FLOAT_LIMITS and array.dtype != target:
+        with np.errstate(over="ignore"):
+            cast = array.astype(target)
+        bad = np.flatnonzero(np.isinf(cast) & np.isfinite(array))
+        if len(bad):
+            raise _refuse_value(name, datatype, int(bad[0]), original[int(bad[0])])
+        return cast
+    return array.astype(target, copy=False)
 
 
 def tensor_values(tensor: Tensor) -> list[Any]:

@@ -59,6 +59,18 @@ Streaming (ModelStreamInfer).
     id, not order. A failed request is answered in-band (``error_message``, with the request id
     appended when there is one) and the stream stays open, unless the call carries the metadata
     ``triton_grpc_error: true``: then the first error ends the stream with its gRPC status.
+    A stream holds at most ``ServerOptions.max_stream_requests`` (``--max-stream-requests``,
+    default 64) requests read and not yet answered; at that cap the handler reads no further
+    message until a response has been written, so gRPC stops reading the stream and HTTP/2 flow
+    control pushes back on the client. Nothing is refused or lost: the client's sends wait.
+    64 lets one stream fill a batch of up to 64 while bounding what a stream holds in memory.
+
+Typed contents (``contents``).
+    Each datatype reads its own field only (spec 1.5; FP16 and BF16 have none) and every value
+    passes the value rule table of ``common`` (Note [Value rules]): ``uint_contents`` 300 for
+    UINT8 or ``int_contents`` -129 for INT8 is INVALID_ARGUMENT naming the input, the flat index
+    of the first bad element, the value and the expected range. NaN and infinities in
+    ``fp32_contents``/``fp64_contents`` are taken as they are (the fields carry them exactly).
 
 Health.
     ServerLive, ServerReady and ModelReady answer a boolean with status OK, always (an unknown
@@ -90,6 +102,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from .._proto import inference_pb2 as pb
@@ -126,6 +139,13 @@ TYPED_FIELD = {
     "INT64": "int64_contents",
     "FP32": "fp32_contents", "FP64": "fp64_contents",
     "BYTES": "bytes_contents",
+}
+
+#: The protobuf type of each numeric typed-contents field, as numpy reads it.
+WIRE_DTYPES = {
+    "bool_contents": np.dtype(np.bool_), "int_contents": np.dtype(np.int32), "int64_contents": np.dtype(np.int64),
+    "uint_contents": np.dtype(np.uint32), "uint64_contents": np.dtype(np.uint64),
+    "fp32_contents": np.dtype(np.float32), "fp64_contents": np.dtype(np.float64),
 }
 
 # --- wire helpers -----------------------------------------------------------------------------
@@ -335,6 +355,8 @@ class GrpcFrontend:
         limit = o.max_message_bytes
         if limit <= 0 or limit > GRPC_MAX:
             raise InvalidArgumentError(f"max_message_bytes must be in [1, {GRPC_MAX}], got {limit}")
+        if o.max_stream_requests < 1:
+            raise InvalidArgumentError(f"max_stream_requests must be at least 1, got {o.max_stream_requests}")
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", GRPC_MAX),  # ours is checked per message
@@ -629,9 +651,20 @@ class GrpcFrontend:
                 log.exception("ModelStreamInfer request failed")
                 replies.put_nowait((grpc.StatusCode.INTERNAL, f"ModelStreamInfer: internal error: {type(e).__name__}: {e}", request_id))
 
+        # At most max_stream_requests requests are read and not yet answered: a slot is taken
+        # before the next message is read and given back once its response is written, so at
+        # the cap the stream is not read and HTTP/2 flow control holds the client back.
+        slots = asyncio.Semaphore(self.options.max_stream_requests)
+
         async def read() -> None:
             try:
-                async for call in requests:
+                stream = aiter(requests)
+                while True:
+                    await slots.acquire()
+                    try:
+                        call = await anext(stream)
+                    except StopAsyncIteration:
+                        break
                     task = asyncio.create_task(answer(call))
                     running.add(task)
                     task.add_done_callback(running.discard)
@@ -646,15 +679,18 @@ class GrpcFrontend:
         failure = None
         try:
             while (item := await replies.get()) is not end:
-                if isinstance(item, _InferReply):
-                    await context.write(item)
-                    continue
-                code, message, request_id = item
-                if strict:  # the first error ends the stream with its status
-                    failure = (code, message)
-                    break
-                note = f" (request id '{request_id}')" if request_id else ""
-                await context.write(pb.ModelStreamInferResponse(error_message=message + note))
+                try:
+                    if isinstance(item, _InferReply):
+                        await context.write(item)
+                        continue
+                    code, message, request_id = item
+                    if strict:  # the first error ends the stream with its status
+                        failure = (code, message)
+                        break
+                    note = f" (request id '{request_id}')" if request_id else ""
+                    await context.write(pb.ModelStreamInferResponse(error_message=message + note))
+                finally:
+                    slots.release()  # this request is answered: the next one may be read
         finally:
             reader.cancel()
             for task in list(running):
@@ -788,7 +824,11 @@ def _typed_tensor(tensor: Any) -> Tensor:
         raise InvalidArgumentError(
             f"input '{name}': datatype {datatype} carries its values {expected}, but contents sets {', '.join(others)}"
         )
-    values = list(getattr(contents, field)) if field else []
+    values = getattr(contents, field) if field else []
+    if field in WIRE_DTYPES:  # typed as the field is, so the value rules check it with numpy
+        values = np.fromiter(values, WIRE_DTYPES[field], len(values))
+    else:
+        values = list(values)
     return tensor_from_values(name, datatype, tensor.shape, values)
 
 

@@ -52,6 +52,13 @@ possible version. The spec defines no HTTP deadline header: the request paramete
 (microseconds) is the queue timeout and ``priority`` is passed on, as over gRPC. Sequence
 parameters are accepted and ignored (no model is a sequence model); other ``triton_*`` parameters
 are 400.
+
+JSON ``data`` (flat, or nested in the tensor's shape) follows the value rule table of ``common``
+(Note [Value rules]), the same one gRPC's typed contents follow: a value of the wrong type or out
+of the datatype's range is a 400 naming the input, the flat index of the first bad element, the
+value and what was expected; nothing is converted silently. FP16 takes JSON numbers (what
+tritonclient sends with ``binary_data=False``); BF16 is binary only, as in tritonclient. The
+``NaN``/``Infinity`` tokens that Python's json writes are accepted for the FP datatypes.
 """
 
 from __future__ import annotations
@@ -233,12 +240,10 @@ def _decode_input(
             return name, tensor_from_raw(name, datatype, shape, tail[offset : offset + size]), size
         if "data" not in spec:
             raise InvalidArgumentError(f"{where}: has neither 'data' nor parameters.binary_data_size")
-        if datatype in ("FP16", "BF16"):
-            raise InvalidArgumentError(f"{where}: {datatype} data cannot travel as JSON; send it as binary data")
-        values = _flatten(spec["data"])
-        if datatype == "BYTES" and not all(isinstance(v, str) for v in values):
-            raise InvalidArgumentError(f"{where}: BYTES data must be JSON strings")
-        return name, tensor_from_values(name, datatype, shape, values), 0
+        if datatype == "BF16":  # numpy has no bfloat16 to check JSON numbers against (as in tritonclient)
+            raise InvalidArgumentError(f"{where}: BF16 data cannot travel as JSON; send it as binary data")
+        # The value rules of common (Note [Value rules]) check every element's type and range.
+        return name, tensor_from_values(name, datatype, shape, _flatten(spec["data"])), 0
     except InvalidArgumentError as e:
         message = str(e)
         raise InvalidArgumentError(message if message.startswith(what) else f"{what}: {message}") from None
