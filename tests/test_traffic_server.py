@@ -1,7 +1,9 @@
 """Traffic management through a real server on free ports: the HTTP routes, the gRPC
 ``modelserve.v1.TrafficService``, inference that follows a policy (tritonclient, sticky keys in
-parameters and headers), metrics, and the ``modelserve traffic`` / ``rollout`` commands."""
+parameters and headers), metrics, labels and rollback over the wire, and the ``modelserve
+traffic`` / ``rollout`` / ``model`` commands."""
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -38,13 +40,19 @@ def server(tmp_path_factory):
 
 @pytest.fixture
 def clean(server):
-    """Every test starts without a policy or a running rollout."""
+    """Every test starts without a policy or a running rollout, with ``stable`` at version 1 and
+    the default at version 3."""
     traffic = server.runtime.traffic
     r = traffic.rollout("m")
     if r is not None and r["state"] in ("RUNNING", "PAUSED"):
         traffic.abort_rollout("m")
     if traffic.get_policy("m") is not None:
         traffic.clear_policy("m")
+    routing = server.runtime.model_versions("m")
+    if routing["labels"].get("stable") != 1:
+        traffic.set_label("m", "stable", 1, actor="test-cleanup")
+    if routing["default"] != 3:
+        traffic.rollback("m", 3, actor="test-cleanup")
     return server
 
 
@@ -187,6 +195,102 @@ def test_http_rollout_actions(clean):
     assert call(clean, "POST", "/v2/models/m/rollout/abort")[0] == 400
 
 
+def test_http_label_route_points_a_label_at_a_version_and_audits_it(clean):
+    status, body = call(clean, "POST", "/v2/models/m/labels/canary", {"version": 2}, {"X-Modelserve-Actor": "alice"})
+    assert status == 200 and body["model"] == "m" and body["label"] == "canary" and body["after"] == 2
+    with httpclient.InferenceServerClient(f"127.0.0.1:{clean.http_port}") as c:
+        assert http_infer(c, model_version="canary") == (2, 2)
+    status, body = call(clean, "POST", "/v2/models/m/labels/canary", {"version": 1})
+    assert status == 200 and (body["before"], body["after"]) == (2, 1)
+    (entry,) = call(clean, "GET", "/v2/models/m/traffic/audit?limit=1")[1]["entries"]
+    assert (entry["actor"], entry["action"]) == ("http:127.0.0.1", "label")
+    assert entry["before"] == {"label": "canary", "version": 2} and entry["after"] == {"label": "canary", "version": 1}
+
+
+def test_http_rollback_undoes_a_promotion(clean):
+    spec = {"candidate": {"version": 2}, "steps": [50, 100], "step_interval_s": 600}
+    assert call(clean, "POST", "/v2/models/m/rollout", spec)[0] == 200
+    assert call(clean, "POST", "/v2/models/m/rollout/promote")[1]["state"] == "PROMOTED"
+    with httpclient.InferenceServerClient(f"127.0.0.1:{clean.http_port}") as c:
+        assert {http_infer(c) for _ in range(5)} == {(2, 2)}  # the policy routes 100% to stable = 2
+        status, body = call(clean, "POST", "/v2/models/m/rollback", {"label": "stable"}, {"X-Modelserve-Actor": "oncall"})
+        assert status == 200 and body == {"model": "m", "label": "stable", "before": 2, "after": 1}
+        assert {http_infer(c) for _ in range(5)} == {(1, 1)}  # at once, without touching the policy
+    (entry,) = call(clean, "GET", "/v2/models/m/traffic/audit?limit=1")[1]["entries"]
+    assert (entry["actor"], entry["action"]) == ("oncall", "rollback")
+    assert entry["before"] == {"label": "stable", "version": 2} and entry["after"] == {"label": "stable", "version": 1}
+    assert clean.runtime.traffic.store.load()["m"]["labels"]["stable"] == 1  # what a restart re-applies
+
+
+def test_http_rollback_of_the_default_version_goes_to_the_newest_older_ready_version(clean):
+    status, body = call(clean, "POST", "/v2/models/m/rollback", {})
+    assert status == 200 and body == {"model": "m", "label": None, "before": 3, "after": 2}
+    assert clean.runtime.model_versions("m")["default"] == 2
+    assert call(clean, "POST", "/v2/models/m/rollback", {"version": 3})[1]["after"] == 3
+
+
+@pytest.mark.parametrize("path, body, status, words", [
+    ("/v2/models/m/labels/stable", {"version": 9}, 404, "model 'm' has no version 9"),
+    ("/v2/models/m/labels/stable", {"version": 4}, 503, "version 4: it is FAILED"),
+    ("/v2/models/m/labels/stable", {}, 400, "needs 'version'"),
+    ("/v2/models/m/labels/stable", {"version": "two"}, 400, "'version' must be a positive integer (a version number), got 'two'"),
+    ("/v2/models/m/labels/stable", {"version": 1, "versoin": 2}, 400, "unknown field 'versoin'"),
+    ("/v2/models/m/labels/latest", {"version": 1}, 400, "'latest' cannot be a label"),
+    ("/v2/models/nope/labels/stable", {"version": 1}, 404, "nope"),
+    ("/v2/models/m/rollback", {"label": "gold"}, 404, "model 'm' has no label 'gold'"),
+    ("/v2/models/m/rollback", {"version": 9}, 404, "model 'm' has no version 9"),
+    ("/v2/models/m/rollback", {"label": "stable", "version": 4}, 503, "it is FAILED"),
+    ("/v2/models/m/rollback", {"lable": "stable"}, 400, "unknown field 'lable'"),
+    ("/v2/models/m/rollback", {"label": 7}, 400, "'label' must be a non-empty string"),
+])
+def test_http_label_and_rollback_errors_use_the_status_table(clean, path, body, status, words):
+    code, reply = call(clean, "POST", path, body)
+    assert code == status and words in reply["error"]
+    assert clean.runtime.model_versions("m")["labels"]["stable"] == 1  # nothing moved
+    assert (clean.runtime.traffic.store.load().get("m", {}).get("labels") or {}).get("stable", 1) == 1  # nor saved
+
+
+def test_http_label_moves_are_refused_while_a_rollout_runs(clean):
+    spec = {"candidate": {"version": 2}, "steps": [10, 100], "step_interval_s": 600}
+    assert call(clean, "POST", "/v2/models/m/rollout", spec)[0] == 200
+    code, reply = call(clean, "POST", "/v2/models/m/labels/stable", {"version": 2})
+    assert code == 400 and "cannot move label 'stable' while a rollout of 2 is RUNNING" in reply["error"]
+    assert call(clean, "POST", "/v2/models/m/rollback", {"label": "stable"})[0] == 400
+
+
+@contextlib.contextmanager
+def serving(repo, **options):
+    """A server of ``repo`` on free ports for the length of the block."""
+    loop = LoopThread("traffic-restart-test")
+    s = Server(repo, ServerOptions(http_port=0, grpc_port=0, shutdown_grace_s=0, **options))
+    try:
+        loop.run(s.start())
+        yield s
+    finally:
+        loop.run(s.shutdown())
+        loop.close()
+
+
+def test_a_promotion_undone_over_the_wire_stays_undone_after_a_restart(tmp_path):
+    write_model(tmp_path, "m", {1: {}, 2: {}}, "labels: {stable: 1}\n")
+    with serving(tmp_path) as s:
+        assert call(s, "POST", "/v2/models/m/rollout", {"candidate": {"version": 2}})[0] == 200
+        assert call(s, "POST", "/v2/models/m/rollout/promote")[0] == 200
+        assert s.runtime.model_versions("m")["labels"]["stable"] == 2
+        assert call(s, "POST", "/v2/models/m/rollback", {"label": "stable"})[1]["after"] == 1
+    with serving(tmp_path) as s:  # the saved promotion's label move is replaced, not re-applied
+        assert s.runtime.model_versions("m")["labels"]["stable"] == 1
+
+
+def test_a_label_moved_over_the_wire_leaves_the_config_traffic_key_in_force(tmp_path):
+    write_model(tmp_path, "m", {1: {}, 2: {}}, "traffic: {targets: [{version: 1, weight: 60}, {version: 2, weight: 40}]}\n")
+    with serving(tmp_path) as s:
+        assert call(s, "POST", "/v2/models/m/labels/canary", {"version": 2})[0] == 200
+    with serving(tmp_path) as s:
+        assert s.runtime.model_versions("m")["labels"]["canary"] == 2
+        assert s.runtime.traffic.get_policy("m") == split((1, 60), (2, 40))
+
+
 # --- gRPC ---------------------------------------------------------------------------------------
 
 
@@ -270,6 +374,37 @@ def test_grpc_rollout_promotes_a_healthy_candidate(stub, clean):
     clean.runtime.set_label("m", "stable", 1)
 
 
+def test_grpc_set_label_and_rollback(stub, clean):
+    reply = stub.SetLabel(pb.SetLabelRequest(model="m", actor="bob", label="blue", version=2))
+    assert json.loads(reply.json) == {"model": "m", "label": "blue", "before": None, "after": 2}
+    reply = stub.Rollback(pb.RollbackRequest(model="m", actor="bob", label="blue", version=1))
+    assert json.loads(reply.json)["after"] == 1
+    reply = stub.Rollback(pb.RollbackRequest(model="m", actor="bob"))  # the default, to the newest older
+    assert json.loads(reply.json) == {"model": "m", "label": None, "before": 3, "after": 2}
+    entries = [json.loads(e) for e in stub.ListAudit(pb.AuditRequest(model="m", limit=3)).entries_json]
+    assert [(e["actor"], e["action"], e["after"]) for e in entries] == [
+        ("bob", "label", {"label": "blue", "version": 2}),
+        ("bob", "rollback", {"label": "blue", "version": 1}),
+        ("bob", "rollback", {"label": None, "version": 2}),
+    ]
+
+
+@pytest.mark.parametrize("request_, code, words", [
+    (pb.SetLabelRequest(model="m", label="stable"), "INVALID_ARGUMENT", "version is required"),
+    (pb.SetLabelRequest(model="m", version=1), "INVALID_ARGUMENT", "label is empty"),
+    (pb.SetLabelRequest(model="m", label="stable", version=9), "NOT_FOUND", "has no version 9"),
+    (pb.SetLabelRequest(model="m", label="stable", version=4), "UNAVAILABLE", "it is FAILED"),
+    (pb.RollbackRequest(model="m", label="gold"), "NOT_FOUND", "has no label 'gold'"),
+    (pb.RollbackRequest(model="m", version=-1), "INVALID_ARGUMENT", "'version' must be a positive integer"),
+    (pb.RollbackRequest(model="nope"), "NOT_FOUND", "nope"),
+])
+def test_grpc_label_and_rollback_errors_use_the_status_table(stub, request_, code, words):
+    rpc = stub.SetLabel if isinstance(request_, pb.SetLabelRequest) else stub.Rollback
+    with pytest.raises(grpc.RpcError) as e:
+        rpc(request_)
+    assert e.value.code() == grpc.StatusCode[code] and words in e.value.details()
+
+
 # --- CLI ----------------------------------------------------------------------------------------
 
 
@@ -307,6 +442,22 @@ def test_cli_rollout_commands(clean):
     assert missing.returncode == 1 and "--candidate" in missing.stderr
 
 
+def test_cli_model_label_and_rollback_commands(clean):
+    out = cli(clean, "model", "label", "m", "green", "2")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["label"] == "green" and json.loads(out.stdout)["after"] == 2
+    out = cli(clean, "model", "rollback", "m", "--label", "green", "--version", "1")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["after"] == 1
+    (entry,) = call(clean, "GET", "/v2/models/m/traffic/audit?limit=1")[1]["entries"]
+    assert (entry["actor"], entry["action"]) == ("cli-user", "rollback")
+    out = cli(clean, "model", "rollback", "m")
+    assert out.returncode == 0 and json.loads(out.stdout) == {"model": "m", "label": None, "before": 3, "after": 2}
+    missing = cli(clean, "model", "label", "m", "stable", "9")
+    assert missing.returncode == 1 and "has no version 9" in missing.stderr and "HTTP 404" in missing.stderr
+    assert cli(clean, "model", "label", "m", "stable", "two").returncode == 2
+
+
 # --- authorisation --------------------------------------------------------------------------------
 
 
@@ -322,10 +473,21 @@ def test_changes_need_the_admin_token_when_the_server_has_one(tmp_path):
         assert call(s, "PUT", "/v2/models/m/traffic", split((1, 50), (2, 50)),
                     {"Authorization": "Bearer sesame"})[0] == 200
         assert call(s, "GET", "/v2/models/m/traffic")[1]["policy"] == split((1, 50), (2, 50))  # reads are open
+        assert call(s, "POST", "/v2/models/m/labels/stable", {"version": 1})[0] == 403
+        assert call(s, "POST", "/v2/models/m/rollback", {})[0] == 403
+        assert call(s, "POST", "/v2/models/m/labels/stable", {"version": 1}, {"Authorization": "Bearer sesame"})[0] == 200
         with grpc.insecure_channel(f"127.0.0.1:{s.grpc_port}") as channel:
-            with pytest.raises(grpc.RpcError) as e:
-                pb_grpc.TrafficServiceStub(channel).ClearPolicy(pb.EndpointRequest(model="m"))
-            assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            stub = pb_grpc.TrafficServiceStub(channel)
+            for rpc, request in ((stub.ClearPolicy, pb.EndpointRequest(model="m")),
+                                 (stub.SetLabel, pb.SetLabelRequest(model="m", label="stable", version=2)),
+                                 (stub.Rollback, pb.RollbackRequest(model="m"))):
+                with pytest.raises(grpc.RpcError) as e:
+                    rpc(request)
+                assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            reply = stub.SetLabel(pb.SetLabelRequest(model="m", label="stable", version=2),
+                                  metadata=[("authorization", "Bearer sesame")])
+            assert json.loads(reply.json)["after"] == 2
+        assert [e["action"] for e in s.runtime.traffic.audit("m")][-2:] == ["label", "label"]  # refusals not audited
     finally:
         loop.run(s.shutdown())
         loop.close()

@@ -136,12 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     from .ray.cli import add_parser as add_ray_parser
     from .settings_cli import add_parser as add_settings_parser
     from .traffic._cli import add_parsers as add_traffic_parsers
+    from ._model_cli import add_parser as add_model_parser
 
     add_perf_parser(sub)
     add_batch_parser(sub)
     add_settings_parser(sub)
     add_ray_parser(sub)
     add_traffic_parsers(sub)
+    add_model_parser(sub)
     return parser
 
 

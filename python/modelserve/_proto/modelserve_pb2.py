@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _POOL.AddSerializedFile(b'\n\x10modelserve.proto\x12\rmodelserve.v1\"/\n\x0f\x45ndpointRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\"E\n\x10SetPolicyRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x13\n\x0bpolicy_json\x18\x03 \x01(\t\"1\n\x0eReadoutRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08window_s\x18\x02 \x01(\x01\"I\n\x13StartRolloutRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x14\n\x0crollout_json\x18\x03 \x01(\t\",\n\x0c\x41uditRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\"\x1c\n\x0cJsonResponse\x12\x0c\n\x04json\x18\x01 \x01(\t\"%\n\rAuditResponse\x12\x14\n\x0c\x65ntries_json\x18\x01 \x03(\t2\xec\x06\n\x0eTrafficService\x12J\n\tGetPolicy\x12\x1e.modelserve.v1.EndpointRequest\x1a\x1b.modelserve.v1.JsonResponse\"\x00\x12K\n\tSetPolicy\x12\x1f.modelserve.v1.SetPolicyRequest\x1a\x1b.modelserve.v1.JsonResponse\"\x00\x12L\n\x0b\x43learPolicy\x12\x1e.modelserve.v1.EndpointRequest\x1a\x1b.modelserve.v1.JsonResponse\"\x00\x12J\n\nGetReadout\x12\x1d.modelserve.v1.ReadoutRequest\x1a\x1b.modelserve.v1.JsonResponse\"\x00\x12Q\n\x0cStartRollout\x12\".modelserve.v1.StartRolloutRequest\x1a\x1b.modelserve.v1.JsonResponse\"\x00\x12K\n\nGetRollout\x12\x1e.modelserve.v1.EndpointRequest\x1a\x1b.modelserve.v1.JsonResponse\"\x00\x12M\n\x0cPauseRollout\x12\x1e.modelserve.v1.EndpointRequest\x1a\x1b.modelserve.v1.JsonResponse\"\x00\x12N\n\rResumeRollout\x12\x1e.modelserve.v1.EndpointRequest\x1a\x1b.modelserve.v1.JsonResponse\"\x00\x12O\n\x0ePromoteRollout\x12\x1e.modelserve.v1.EndpointRequest\x1a\x1b.modelserve.v1.JsonResponse\"\x00\x12M\n\x0c\x41\x62ortRollout\x12\x1e.modelserve.v1.EndpointRequest\x1a\x1b.modelserve.v1.JsonResponse\"\x00\x12H\n\tListAudit\x12\x1b.modelserve.v1.AuditRequest\x1a\x1c.modelserve.v1.AuditResponse\"\x00\x62\x06proto3')
+DESCRIPTOR = _POOL.AddSerializedFile(b'\n\x10modelserve.proto\x12\rmodelserve.v1\"/\n\x0f\x45ndpointRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\"E\n\x10SetPolicyRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x13\n\x0bpolicy_json\x18\x03 \x01(\t\"1\n\x0eReadoutRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08window_s\x18\x02 \x01(\x01\"I\n\x13StartRolloutRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x14\n\x0crollout_json\x18\x03 \x01(\t\",\n\x0c\x41uditRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\"O\n\x0fSetLabelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\r\n\x05label\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x03\"O\n\x0fRollbackRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\r\n\x05label\x18\x04 \x01(\t\"\x1c\n\x0cJsonResponse\x12\x0c\n\x04json\x18\x01 \x01(\t\"%\n\rAuditResponse\x12\x14\n\x0c\x65ntries_json\x18\x01 \x03(\t2\x82\x08\n\x0eTrafficService\x12J\n\tGetPolicy\x12\x1e.modelserve.v1.EndpointRequest\x1a\x1b.modelserve.v1.JsonResponse\"\x00\x12K\n\tSetPolicy\x12\x1f.modelserve.v1.SetPolicyRequest\x1a\x1b.modelserve.v1.JsonResponse\"\x00\x12L\n\x0b\x43learPolicy\x12\x1e.modelserve.v1.EndpointRequest\x1a\x1b.modelserve.v1.JsonResponse\"\x00\x12J\n\nGetReadout\x12\x1d.modelserve.v1.ReadoutRequest\x1a\x1b.modelserve.v1.JsonResponse\"\x00\x12Q\n\x0cStartRollout\x12\".modelserve.v1.StartRolloutRequest\x1a\x1b.modelserve.v1.JsonResponse\"\x00\x12K\n\nGetRollout\x12\x1e.modelserve.v1.EndpointRequest\x1a\x1b.modelserve.v1.JsonResponse\"\x00\x12M\n\x0cPauseRollout\x12\x1e.modelserve.v1.EndpointRequest\x1a\x1b.modelserve.v1.JsonResponse\"\x00\x12N\n\rResumeRollout\x12\x1e.modelserve.v1.EndpointRequest\x1a\x1b.modelserve.v1.JsonResponse\"\x00\x12O\n\x0ePromoteRollout\x12\x1e.modelserve.v1.EndpointRequest\x1a\x1b.modelserve.v1.JsonResponse\"\x00\x12M\n\x0c\x41\x62ortRollout\x12\x1e.modelserve.v1.EndpointRequest\x1a\x1b.modelserve.v1.JsonResponse\"\x00\x12H\n\tListAudit\x12\x1b.modelserve.v1.AuditRequest\x1a\x1c.modelserve.v1.AuditResponse\"\x00\x12I\n\x08SetLabel\x12\x1e.modelserve.v1.SetLabelRequest\x1a\x1b.modelserve.v1.JsonResponse\"\x00\x12I\n\x08Rollback\x12\x1e.modelserve.v1.RollbackRequest\x1a\x1b.modelserve.v1.JsonResponse\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,10 +43,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STARTROLLOUTREQUEST']._serialized_end=279
   _globals['_AUDITREQUEST']._serialized_start=281
   _globals['_AUDITREQUEST']._serialized_end=325
-  _globals['_JSONRESPONSE']._serialized_start=327
-  _globals['_JSONRESPONSE']._serialized_end=355
-  _globals['_AUDITRESPONSE']._serialized_start=357
-  _globals['_AUDITRESPONSE']._serialized_end=394
-  _globals['_TRAFFICSERVICE']._serialized_start=397
-  _globals['_TRAFFICSERVICE']._serialized_end=1273
+  _globals['_SETLABELREQUEST']._serialized_start=327
+  _globals['_SETLABELREQUEST']._serialized_end=406
+  _globals['_ROLLBACKREQUEST']._serialized_start=408
+  _globals['_ROLLBACKREQUEST']._serialized_end=487
+  _globals['_JSONRESPONSE']._serialized_start=489
+  _globals['_JSONRESPONSE']._serialized_end=517
+  _globals['_AUDITRESPONSE']._serialized_start=519
+  _globals['_AUDITRESPONSE']._serialized_end=556
+  _globals['_TRAFFICSERVICE']._serialized_start=559
+  _globals['_TRAFFICSERVICE']._serialized_end=1585
 # @@protoc_insertion_point(module_scope)

@@ -51,6 +51,30 @@ class AuditRequest(_message.Message):
     limit: int
     def __init__(self, model: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
 
+class SetLabelRequest(_message.Message):
+    __slots__ = ("model", "actor", "label", "version")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    actor: str
+    label: str
+    version: int
+    def __init__(self, model: _Optional[str] = ..., actor: _Optional[str] = ..., label: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class RollbackRequest(_message.Message):
+    __slots__ = ("model", "actor", "version", "label")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    actor: str
+    version: int
+    label: str
+    def __init__(self, model: _Optional[str] = ..., actor: _Optional[str] = ..., version: _Optional[int] = ..., label: _Optional[str] = ...) -> None: ...
+
 class JsonResponse(_message.Message):
     __slots__ = ("json",)
     JSON_FIELD_NUMBER: _ClassVar[int]

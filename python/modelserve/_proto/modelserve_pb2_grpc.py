@@ -90,6 +90,16 @@ class TrafficServiceStub:
                 request_serializer=modelserve__pb2.AuditRequest.SerializeToString,
                 response_deserializer=modelserve__pb2.AuditResponse.FromString,
                 _registered_method=True)
+        self.SetLabel = channel.unary_unary(
+                '/modelserve.v1.TrafficService/SetLabel',
+                request_serializer=modelserve__pb2.SetLabelRequest.SerializeToString,
+                response_deserializer=modelserve__pb2.JsonResponse.FromString,
+                _registered_method=True)
+        self.Rollback = channel.unary_unary(
+                '/modelserve.v1.TrafficService/Rollback',
+                request_serializer=modelserve__pb2.RollbackRequest.SerializeToString,
+                response_deserializer=modelserve__pb2.JsonResponse.FromString,
+                _registered_method=True)
 
 
 class TrafficServiceServicer:
@@ -171,6 +181,23 @@ class TrafficServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetLabel(self, request, context):
+        """Points a label at a READY version (creating the label if new); saved and audited (action
+        "label"). Answers {"model", "label", "before", "after"}.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Rollback(self, request, context):
+        """Points the default version, or a label, back at a READY version (default: the newest READY
+        version older than the current target); audited (action "rollback"). Undoing a promotion is
+        Rollback(label: "stable"). Answers {"model", "label", "before", "after"} (label null: default).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrafficServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -228,6 +255,16 @@ def add_TrafficServiceServicer_to_server(servicer, server):
                     servicer.ListAudit,
                     request_deserializer=modelserve__pb2.AuditRequest.FromString,
                     response_serializer=modelserve__pb2.AuditResponse.SerializeToString,
+            ),
+            'SetLabel': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetLabel,
+                    request_deserializer=modelserve__pb2.SetLabelRequest.FromString,
+                    response_serializer=modelserve__pb2.JsonResponse.SerializeToString,
+            ),
+            'Rollback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rollback,
+                    request_deserializer=modelserve__pb2.RollbackRequest.FromString,
+                    response_serializer=modelserve__pb2.JsonResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -527,6 +564,60 @@ class TrafficService:
             '/modelserve.v1.TrafficService/ListAudit',
             modelserve__pb2.AuditRequest.SerializeToString,
             modelserve__pb2.AuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetLabel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelserve.v1.TrafficService/SetLabel',
+            modelserve__pb2.SetLabelRequest.SerializeToString,
+            modelserve__pb2.JsonResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rollback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelserve.v1.TrafficService/Rollback',
+            modelserve__pb2.RollbackRequest.SerializeToString,
+            modelserve__pb2.JsonResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,5 +1,6 @@
 """The gRPC ``modelserve.v1.TrafficService`` (protos/modelserve.proto): traffic policies,
-rollouts, readouts and the audit log, served by the gRPC frontend beside the inference service.
+rollouts, readouts, labels, rollback and the audit log, served by the gRPC frontend beside the
+inference service.
 Handlers only translate: JSON text in, ``runtime.traffic`` (a TrafficManager), JSON text out.
 Reads need the inference token when one is set, changes the admin token (else the inference
 token), as over HTTP. The audit actor is the request's ``actor``, else ``grpc:<peer>``."""
@@ -96,6 +97,20 @@ def traffic_handler(frontend: Any) -> grpc.GenericRpcHandler:
         entries = await asyncio.to_thread(traffic.audit, request.model or None, request.limit or 100)
         return pb.AuditResponse(entries_json=[json.dumps(e, separators=(",", ":")) for e in entries])
 
+    async def set_label(request: Any, context: Any) -> Any:
+        model = _model(request)
+        if not request.label:
+            raise InvalidArgumentError(f"SetLabel of model '{model}': label is empty; name the label")
+        if request.version == 0:
+            raise InvalidArgumentError(f"SetLabel of model '{model}': version is required (a version number)")
+        return _json(await asyncio.to_thread(traffic.set_label, model, request.label, request.version,
+                                             actor=_actor(request, context)))
+
+    async def rollback(request: Any, context: Any) -> Any:
+        model = _model(request)
+        return _json(await asyncio.to_thread(traffic.rollback, model, request.version or None,
+                                             label=request.label or None, actor=_actor(request, context)))
+
     read, change = "inference", "admin"
     methods = {
         "GetPolicy": (get_policy, pb.EndpointRequest, read),
@@ -109,6 +124,8 @@ def traffic_handler(frontend: Any) -> grpc.GenericRpcHandler:
         "PromoteRollout": (action("promote"), pb.EndpointRequest, change),
         "AbortRollout": (action("abort"), pb.EndpointRequest, change),
         "ListAudit": (list_audit, pb.AuditRequest, read),
+        "SetLabel": (set_label, pb.SetLabelRequest, change),
+        "Rollback": (rollback, pb.RollbackRequest, change),
     }
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(

@@ -12,11 +12,14 @@ Handlers only translate: decode, call ``runtime.traffic`` (a TrafficManager), en
     GET    /v2/models/{m}/rollout                 the current or last rollout (404: none)
     POST   /v2/models/{m}/rollout                 body: a rollout spec; starts it
     POST   /v2/models/{m}/rollout/{action}        pause | resume | promote | abort
+    POST   /v2/models/{m}/labels/{label}          body {"version": V}: points the label at V
+    POST   /v2/models/{m}/rollback                body {"version": V} and/or {"label": L}, or {}
 
+The last two answer ``{"model", "label", "before", "after"}`` (label null: the default version).
 Changes need the admin token when one is set (else the inference token), reads the inference
 token. The actor recorded in the audit log is the ``X-Modelserve-Actor`` header, else
-``http:<client address>``. Errors use the shared status table: an invalid policy is 400, an
-unknown model, version or label 404, a target that is not READY 503.
+``http:<client address>``. Errors use the shared status table: an invalid policy or body is 400,
+an unknown model, version or label 404, a target that is not READY 503.
 """
 
 from __future__ import annotations
@@ -55,6 +58,15 @@ def _query_number(request: Request, key: str, kind: type, what: str) -> Any:
     if value <= 0:
         raise InvalidArgumentError(f"{what}: query parameter '{key}' must be > 0, got {raw!r}")
     return value
+
+
+def _fields(body: dict[str, Any], allowed: tuple[str, ...], what: str) -> dict[str, Any]:
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        raise InvalidArgumentError(
+            f"{what}: unknown field '{unknown[0]}' in the request body; expected {', '.join(map(repr, allowed))}"
+        )
+    return body
 
 
 def traffic_routes(api: Any, route: Callable[..., Route], read_auth: Any, change_auth: Any) -> list[Route]:
@@ -113,6 +125,23 @@ def traffic_routes(api: Any, route: Callable[..., Route], read_auth: Any, change
         method = getattr(traffic, f"{action}_rollout")
         return _json_reply(await asyncio.to_thread(method, model, actor=_actor(request)))
 
+    async def set_label(request: Request) -> Any:
+        model, _ = api._target(request)
+        label = request.path_params["label"]
+        what = f"label '{label}' of model '{model}'"
+        body = _fields(await api._json_body(request, what), ("version",), what)
+        if "version" not in body:
+            raise InvalidArgumentError(f"{what}: the request body needs 'version', e.g. {{\"version\": 2}}")
+        return _json_reply(await asyncio.to_thread(traffic.set_label, model, label, body["version"],
+                                                   actor=_actor(request)))
+
+    async def rollback(request: Request) -> Any:
+        model, _ = api._target(request)
+        what = f"rollback of model '{model}'"
+        body = _fields(await api._json_body(request, what), ("version", "label"), what)
+        return _json_reply(await asyncio.to_thread(traffic.rollback, model, body.get("version"),
+                                                   label=body.get("label"), actor=_actor(request)))
+
     base = "/v2/models/{model}"
     return [
         route(base + "/traffic", get_policy, ["GET"], read_auth),
@@ -124,4 +153,6 @@ def traffic_routes(api: Any, route: Callable[..., Route], read_auth: Any, change
         route(base + "/rollout", get_rollout, ["GET"], read_auth),
         route(base + "/rollout", start_rollout, ["POST"], change_auth),
         route(base + "/rollout/{action}", rollout_action, ["POST"], change_auth),
+        route(base + "/labels/{label}", set_label, ["POST"], change_auth),
+        route(base + "/rollback", rollback, ["POST"], change_auth),
     ]

@@ -55,6 +55,11 @@ class Catalog(Protocol):
     async def infer(self, model: str, version: Version, inputs: Mapping[str, Any]) -> dict[str, Any]:
         """Runs one request on (model, version) from the running event loop; numpy outputs."""
 
+    # Optional (TrafficManager.rollback answers UNIMPLEMENTED without it):
+    # def rollback(self, model: str, version: int | None, label: str | None) -> int:
+    #     """Re-points the default (or ``label``) at ``version``, or at the newest READY version
+    #     older than the current target; returns the version now targeted."""
+
 
 class RepositoryCatalog:
     """:class:`Catalog` over an in-process ``ModelRepository``."""
@@ -81,6 +86,9 @@ class RepositoryCatalog:
 
     def set_label(self, model: str, label: str, version: int) -> None:
         self.repository.get(model).set_label(label, version)
+
+    def rollback(self, model: str, version: int | None, label: str | None) -> int:
+        return self.repository.get(model).rollback(version, label)
 
     async def infer(self, model: str, version: Version, inputs: Mapping[str, Any]) -> dict[str, Any]:
         with self.repository.get(model).route(version) as mv:

@@ -29,7 +29,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidArgumentError, ModelserveError, NotFoundError, UnavailableError, from_status
+from ..errors import (
+    InvalidArgumentError, ModelserveError, NotFoundError, UnavailableError, UnimplementedError, from_status,
+)
 from .catalog import Catalog, Signature
 from .policy import RolloutSpec, ShadowSpec, TargetRef, TargetSpec, TrafficPolicy, parse_policy, parse_rollout
 from .rollout import Rollout, RolloutState, WindowView
@@ -254,7 +256,7 @@ class TrafficManager:
         """The policy of ``endpoint``'s config.yaml, unless a change through the API was saved
         for it (saved state wins). Returns whether it was applied; logs why not."""
         with self._lock:
-            if endpoint in self._saved:
+            if "policy" in self._saved.get(endpoint, {}):  # an entry with labels only leaves the key in force
                 log.info("endpoint '%s': the saved traffic state wins over config.yaml's traffic key", endpoint)
                 return False
             try:
@@ -347,7 +349,9 @@ class TrafficManager:
 
     def _save(self, endpoint: str, **changes: Any) -> None:
         """Writes the endpoint's new state to disk first; only then is it applied (store.py)."""
-        entry = {**self._saved.get(endpoint, {"policy": None, "rollout": None}), **changes}
+        # A first change that only moves labels saves no policy decision (apply_config).
+        fresh = {} if set(changes) == {"labels"} else {"policy": None, "rollout": None}
+        entry = {**self._saved.get(endpoint, fresh), **changes}
         saved = {**self._saved, endpoint: entry}
         self.store.save(saved)
         self._saved = saved
@@ -664,6 +668,100 @@ class TrafficManager:
 
         loop.call_soon_threadsafe(arm)
 
+    # --- labels and rollback ---------------------------------------------------------------------
+    def set_label(self, endpoint: str, label: str, version: Any, *, actor: str = "api") -> dict[str, Any]:
+        """Points ``label`` of model ``endpoint`` at ``version`` (a READY version) at once,
+        creating the label if it is new; saved (it outlives a restart, over config.yaml's
+        ``labels``, as a promotion's move does) and audited (action ``label``). Returns
+        ``{"model", "label", "before", "after"}`` (before: None for a new label)."""
+        number = _version_field(version, f"model '{endpoint}': label '{label}'")
+        with self._lock:
+            self._refuse_during_rollout(endpoint, f"move label '{label}'")
+            before = self.catalog.labels(endpoint).get(label)
+            self._require_ready(endpoint, number, f"label '{label}'")
+            self._move_label(endpoint, label, number, before, "label", actor)
+        return {"model": endpoint, "label": label, "before": before, "after": number}
+
+    def rollback(
+        self, endpoint: str, version: Any = None, *, label: str | None = None, actor: str = "api"
+    ) -> dict[str, Any]:
+        """Points the default version of model ``endpoint`` (or its ``label``, which must exist)
+        back at ``version``, or without one at the newest READY version older than the current
+        target, at once; audited (action ``rollback``). A label's move is saved like
+        :meth:`set_label`'s; a rolled-back default is the repository's pin (Note [Zero-downtime
+        swap]): it holds until a newer version arrives, and is not saved. Undoing a promotion is
+        ``rollback(endpoint, label="stable")``. Returns ``{"model", "label", "before", "after"}``
+        (label None: the default version)."""
+        if label is not None and (not isinstance(label, str) or not label):
+            raise InvalidArgumentError(
+                f"model '{endpoint}': rollback: 'label' must be a non-empty string, got {label!r}"
+            )
+        number = None if version is None else _version_field(version, f"model '{endpoint}': rollback")
+        what = f"roll back label '{label}'" if label else "roll back the default version"
+        with self._lock:
+            self._refuse_during_rollout(endpoint, what)
+            if label is not None:
+                labels = self.catalog.labels(endpoint)
+                if label not in labels:
+                    raise NotFoundError(f"model '{endpoint}' has no label '{label}' to roll back; labels {labels}")
+                before: int | None = labels[label]
+            else:
+                try:
+                    before = self.catalog.resolve(endpoint, None)
+                except UnavailableError:
+                    before = None  # no READY default: a rollback may give it one
+            if number is not None:
+                self._require_ready(endpoint, number, "rollback")
+            if label is not None and number is not None:
+                self._move_label(endpoint, label, number, before, "rollback", actor)
+                return {"model": endpoint, "label": label, "before": before, "after": number}
+            rollback = getattr(self.catalog, "rollback", None)
+            if rollback is None:
+                raise UnimplementedError(
+                    f"model '{endpoint}': this deployment cannot {what} without naming the version; "
+                    "give the version (labels only)"
+                )
+            after = rollback(endpoint, number, label)
+            if label is not None:
+                try:
+                    self._save(endpoint, labels={**(self._saved.get(endpoint, {}).get("labels") or {}), label: after})
+                except BaseException:  # not on disk: not applied either
+                    self.catalog.set_label(endpoint, label, before)
+                    raise
+            self._audit(actor, "rollback", endpoint, {"before": {"label": label, "version": before},
+                                                      "after": {"label": label, "version": after}})
+        log.warning("model '%s': %s rolled back by %s from version %s to %d", endpoint,
+                    f"label '{label}'" if label else "the default version", actor, before, after)
+        return {"model": endpoint, "label": label, "before": before, "after": after}
+
+    def _require_ready(self, endpoint: str, version: int, what: str) -> None:
+        """Unknown version: NotFoundError naming the model's versions; one not READY:
+        UnavailableError naming its state (the status table's 503, as for a policy target)."""
+        state = self.catalog.state(endpoint, version)  # NotFoundError: no such version
+        if state != "READY":
+            raise UnavailableError(
+                f"model '{endpoint}': {what} cannot point at version {version}: it is {state}; "
+                "the version must be READY"
+            )
+
+    def _move_label(self, endpoint: str, label: str, version: int, before: int | None, action: str,
+                    actor: str) -> None:
+        """Saves the move first (Note [Traffic state on disk]), then makes it and audits it."""
+        previous = self._saved.get(endpoint)
+        self._save(endpoint, labels={**((previous or {}).get("labels") or {}), label: version})
+        try:
+            self.catalog.set_label(endpoint, label, version)
+        except BaseException:  # e.g. a reserved label name: what is saved goes back to what it was
+            saved = {k: v for k, v in self._saved.items() if k != endpoint}
+            if previous is not None:
+                saved[endpoint] = previous
+            self.store.save(saved)
+            self._saved = saved
+            raise
+        self._audit(actor, action, endpoint, {"before": {"label": label, "version": before},
+                                              "after": {"label": label, "version": version}})
+        log.info("model '%s': label '%s' moved by %s from version %s to %d", endpoint, label, actor, before, version)
+
     # --- audit and metrics -------------------------------------------------------------------------
     def audit(self, endpoint: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """The ``limit`` most recent audit entries (of ``endpoint`` when given), oldest first."""
@@ -689,6 +787,15 @@ class TrafficManager:
             "shadows": {k: {**s.outcomes.totals(), "comparison": s.comparison()} for k, s in shadows.items()},
             "rollouts": rollouts,
         }
+
+
+def _version_field(value: Any, what: str) -> int:
+    """A version number from a request: a positive integer (or its digits as text)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidArgumentError(f"{what}: 'version' must be a positive integer (a version number), got {value!r}")
+    return value
 
 
 def _weights(p: TrafficPolicy) -> str:

@@ -6,13 +6,17 @@ The state directory (``--state-dir``; by default ``<repository>/.modelserve/``, 
 repository scan ignores, as it ignores every folder starting with ".") holds:
 
 - ``traffic.json``: every endpoint's policy, its current or last rollout, and the labels its
-  promotions moved (re-applied at start, over config.yaml's ``labels``), rewritten whole on
+  promotions and label moves over the API moved (re-applied at start, over config.yaml's
+  ``labels``; an entry with labels only has no ``policy`` key and leaves config.yaml's
+  ``traffic`` key in force), rewritten whole on
   every change: written to a temporary file in the same folder, flushed, fsynced, then renamed
   over the old one, so a crash leaves the old state or the new one, never half of either. A
   change is applied only once it is on disk: a change that cannot be saved fails and changes
   nothing.
 - ``audit.jsonl``: one JSON object per change (``time``, ``actor``, ``action``, ``endpoint``,
-  ``before``, ``after``, ``detail``), appended and flushed.
+  ``before``, ``after``, ``detail``), appended and flushed. Label moves (``label``) and rollbacks
+  (``rollback``) record ``{"label", "version"}`` before and after (label None: the default
+  version).
 
 With no directory (``StateStore(None)``) both stay in memory: a Ray ingress whose replicas share
 no disk keeps its state elsewhere.
