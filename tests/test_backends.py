@@ -220,6 +220,64 @@ def test_onnx_unload_drops_the_session(ort, onnx, tmp_path):
         b.execute({"x": np.ones((1, 3), np.float32)})
 
 
+
+def save_reshape(onnx, path):
+    """y = reshape(x [N, 3], s): a run fails when ``s`` asks for another number of elements."""
+    save_onnx(onnx, path, [onnx.helper.make_node("Reshape", ["x", "s"], ["y"])],
+              [("x", "FLOAT", ["N", 3]), ("s", "INT64", [2])], [("y", "FLOAT", ["A", "B"])])
+
+
+RESHAPE_FAILS = {"x": np.zeros((2, 3), np.float32), "s": np.array([5, 5], np.int64)}
+
+
+def test_onnx_failed_run_is_internal_error_with_onnxruntime_message(ort, onnx, tmp_path):
+    save_reshape(onnx, tmp_path)
+    b = backend("onnx", tmp_path)
+    b.load()
+    with pytest.raises(InternalError) as caught:
+        b.execute(RESHAPE_FAILS)
+    message = str(caught.value)
+    assert message.startswith("model 'm' version 1: onnxruntime failed to run the model: [ONNXRuntimeError]")
+    assert "cannot be reshaped to the requested shape. Input shape:{2,3}, requested shape:{5,5}" in message
+    assert "\n" not in message
+    assert isinstance(caught.value.__cause__, ort.capi.onnxruntime_pybind11_state.Fail)
+
+
+def test_onnx_failed_run_reaches_the_runtime_caller_with_onnxruntime_message(ort, onnx, tmp_path):
+    from modelserve import ModelserveError, Runtime
+
+    (tmp_path / "reshape" / "1").mkdir(parents=True)
+    save_reshape(onnx, tmp_path / "reshape" / "1")
+    (tmp_path / "reshape" / "config.yaml").write_text("backend: onnx\nmax_batch_size: 0\n")
+    with Runtime(tmp_path) as rt:
+        with pytest.raises(ModelserveError, match=r"model 'reshape' version 1: onnxruntime failed to run the "
+                           r"model: .*requested shape:\{5,5\}"):
+            rt.infer("reshape", RESHAPE_FAILS)
+
+
+@pytest.mark.parametrize("level", ["INFO", "WARNING", "ERROR"])
+def test_onnx_failed_run_prints_no_onnxruntime_error_line_above_debug(ort, onnx, tmp_path, caplog, capfd, level):
+    save_reshape(onnx, tmp_path)
+    caplog.set_level(level, logger="modelserve.backends.onnx")
+    b = backend("onnx", tmp_path)
+    b.load()
+    capfd.readouterr()
+    with pytest.raises(InternalError):
+        b.execute(RESHAPE_FAILS)
+    assert "onnxruntime" not in capfd.readouterr().err  # no "\x1b[1;31m... [E:onnxruntime:, ...]" line
+
+
+@pytest.mark.parametrize("level, severity", [("DEBUG", 1), ("INFO", 2), ("WARNING", 2), ("ERROR", 3),
+                                             ("CRITICAL", 4)])
+def test_onnx_log_severity_follows_the_log_level(ort, onnx, tmp_path, caplog, level, severity):
+    save_identity(onnx, tmp_path, "FLOAT")
+    caplog.set_level(level, logger="modelserve.backends.onnx")
+    b = backend("onnx", tmp_path)
+    b.load()
+    assert b.session.get_session_options().log_severity_level == severity
+    assert b._run_options.log_severity_level == (1 if level == "DEBUG" else 4)
+
+
 def _signature_model(onnx, path, first_dim):
     save_onnx(onnx, path, [onnx.helper.make_node("Identity", ["x"], ["y"]),
                            onnx.helper.make_node("Cast", ["x"], ["z"], to=onnx.TensorProto.DOUBLE)],

@@ -3,7 +3,8 @@
 The models: ``mlp`` and ``recommender`` from the bundled examples, and small Python models
 written here: ``double`` (OUTPUT0 = 2 x INPUT0, FP32 [2]; a row whose first value is -1 makes its
 batch fail, and BATCH_TEST_DELAY seconds of sleep per batch slow it down for the crash test),
-``upper`` (BYTES in, BYTES out) and ``total`` (a model that does not batch).
+``upper`` (BYTES in, BYTES out), ``total`` (a model that does not batch) and ``shift`` (OUTPUT0 =
+INPUT0 + 1, INT32 [2]).
 """
 
 from __future__ import annotations
@@ -61,6 +62,12 @@ class Model:
         return {"OUTPUT0": inputs["INPUT0"].sum(keepdims=True)}
 """
 
+SHIFT = """
+class Model:
+    def execute(self, inputs):
+        return {"OUTPUT0": inputs["INPUT0"] + 1}
+"""
+
 
 def write_model(repo: Path, name: str, config: str, code: str) -> None:
     (repo / name / "1").mkdir(parents=True)
@@ -91,6 +98,12 @@ max_batch_size: 0
 inputs: [{name: INPUT0, datatype: FP32, shape: [3]}]
 outputs: [{name: OUTPUT0, datatype: FP32, shape: [1]}]
 """, TOTAL)
+    write_model(repo, "shift", """
+backend: python
+max_batch_size: 8
+inputs: [{name: INPUT0, datatype: INT32, shape: [2]}]
+outputs: [{name: OUTPUT0, datatype: INT32, shape: [2]}]
+""", SHIFT)
     return repo
 
 
@@ -395,6 +408,20 @@ def test_resumed_run_skips_a_bad_row_as_the_interrupted_run_would(rt, tmp_path):
     assert (tmp_path / "out.jsonl").read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
 
 
+def test_resumed_run_summary_counts_this_run_rows_over_this_run_time(rt, tmp_path):
+    np.save(tmp_path / "x.npy", pairs(2000))
+    with pytest.raises(KeyboardInterrupt):
+        batch.run_batch(CtrlC(rt, 40), "double", tmp_path / "x.npy", tmp_path / "y.npy", chunk_rows=64,
+                        progress=False)
+    result = rt.run_batch("double", tmp_path / "x.npy", tmp_path / "y.npy", progress=False)
+    resumed = result.resumed_rows
+    assert 64 <= resumed < 2000 and result.rows_this_run == 2000 - resumed
+    assert result.rows_per_s == pytest.approx(result.rows_this_run / result.seconds)
+    assert result.summary().startswith(
+        f"double v1: {2000 - resumed:,} rows in {result.seconds:.1f} s ({result.rows_per_s:,.0f} rows/s), "
+        f"resumed after row {resumed:,}: 2,000 rows in all, 0 failed")
+
+
 def test_resume_drops_what_a_crash_left_half_written(rt, tmp_path):
     x = np.random.default_rng(5).standard_normal((3000, 256), dtype=np.float32)
     np.save(tmp_path / "x.npy", x)
@@ -476,6 +503,85 @@ def test_wrong_dtype_names_the_column_and_expected_type(rt, tmp_path):
     np.save(tmp_path / "users.npy", np.zeros((10, 1)))  # float64 ids for an INT64 input
     e = expect_input_error(rt, tmp_path, tmp_path / "users.npy", model="recommender")
     assert e.column == "USER_ID" and "float64" in str(e) and "expected INT64 [1]" in str(e)
+
+
+@pytest.mark.parametrize("fmt, dtype", [("npy", np.float64), ("npy", np.int32), ("npz", np.float64),
+                                        ("parquet", np.float64)])
+def test_typed_file_of_another_datatype_is_refused_naming_input_and_datatypes(rt, tmp_path, fmt, dtype):
+    source = tmp_path / f"in.{fmt}"
+    write_input(source, {"INPUT0": pairs(20).astype(dtype)}, fmt)
+    e = expect_input_error(rt, tmp_path, source)
+    found = {"npy": np.dtype(dtype).name, "npz": "float64", "parquet": "list<element: double>"}[fmt]
+    assert e.column == "INPUT0" and e.expected == "FP32 [2] (2 values per row)"
+    assert f"holds {found}, but input 'INPUT0' is FP32 (float32): a file's datatype must be the input's; " \
+           "give --cast (cast=True) to convert it" in str(e)
+
+
+def test_cast_converts_another_datatype_to_the_input_datatype(rt, tmp_path):
+    x = pairs(300)
+    np.save(tmp_path / "x.npy", x.astype(np.float64))
+    result = rt.run_batch("double", tmp_path / "x.npy", tmp_path / "y.npy", cast=True, progress=False)
+    assert (result.rows, result.failed) == (300, 0)
+    y = np.load(tmp_path / "y.npy")
+    assert y.dtype == np.float32 and np.array_equal(y, x * 2)
+
+
+def test_cast_refuses_a_float_that_overflows_the_input_datatype(rt, tmp_path):
+    x = pairs(20).astype(np.float64)
+    x[3, 1] = 1e300
+    np.save(tmp_path / "x.npy", x)
+    e = expect_input_error(rt, tmp_path, tmp_path / "x.npy", cast=True)
+    assert (e.column, e.row) == ("INPUT0", 3)
+    assert "row 3: element 1 of the row, 1e+300, does not fit input 'INPUT0': outside FP32's finite range " \
+           "[-3.4028235e+38, 3.4028235e+38]; expected FP32 [2]" in str(e)
+
+
+def test_cast_value_that_does_not_fit_past_the_first_chunk_is_a_failed_row(rt, tmp_path):
+    x = pairs(200).astype(np.float64)
+    x[150, 0] = -1e300
+    np.save(tmp_path / "x.npy", x)
+    result = rt.run_batch("double", tmp_path / "x.npy", tmp_path / "y.npy", chunk_rows=64, cast=True,
+                          progress=False)
+    assert (result.rows, result.failed) == (200, 1)
+    (error,) = [json.loads(line) for line in result.errors.read_text().splitlines()]
+    assert error["row"] == 150 and error["status"] == "INVALID_ARGUMENT"
+    assert "element 0 of the row, -1e+300, does not fit input 'INPUT0': outside FP32's finite range" in error["error"]
+    y = np.load(tmp_path / "y.npy")
+    assert np.isnan(y[150]).all() and np.isfinite(np.delete(y, 150, axis=0)).all()
+
+
+def test_cast_refuses_an_integer_outside_the_input_range(rt, tmp_path):
+    x = np.arange(40, dtype=np.int64).reshape(20, 2)
+    x[7, 0] = 2**40
+    np.save(tmp_path / "x.npy", x)
+    expect_input_error(rt, tmp_path, tmp_path / "x.npy", model="shift")  # int64 for INT32: refused
+    e = expect_input_error(rt, tmp_path, tmp_path / "x.npy", model="shift", cast=True)
+    assert e.row == 7 and "element 0 of the row, 1099511627776, does not fit input 'INPUT0': outside " \
+           "INT32's range [-2147483648, 2147483647]" in str(e)
+
+
+def test_cast_takes_whole_floats_into_an_integer_input_and_refuses_the_rest(rt, tmp_path):
+    np.save(tmp_path / "whole.npy", np.array([[1.0, -2.0], [3.0, 2.0**31 - 1]]))
+    rt.run_batch("shift", tmp_path / "whole.npy", tmp_path / "out.npy", cast=True, progress=False)
+    out = np.load(tmp_path / "out.npy")
+    assert out.dtype == np.int32 and out.tolist() == [[2, -1], [4, -2**31]]  # 2**31 - 1 + 1 wraps in the model
+    for value, reason in ((2.5, "not a whole number"), (np.nan, "not a finite number"),
+                          (2.0**31, "outside INT32's range")):
+        np.save(tmp_path / "x.npy", np.array([[1.0, 2.0], [value, 4.0]]))
+        e = expect_input_error(rt, tmp_path, tmp_path / "x.npy", model="shift", cast=True)
+        assert e.row == 1 and f"element 0 of the row, {float(value)!r}, does not fit input 'INPUT0': {reason}" in str(e)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_text_value_that_overflows_fp32_is_refused(rt, tmp_path, fmt):
+    source = tmp_path / f"in.{fmt}"
+    if fmt == "csv":
+        source.write_text("INPUT0_0,INPUT0_1\n1,2\n3,1e300\n")
+    else:
+        source.write_text('{"INPUT0": [1, 2]}\n{"INPUT0": [3, 1e300]}\n')
+    e = expect_input_error(rt, tmp_path, source)
+    assert e.row == 1 and "outside FP32's finite range [-3.4028235e+38, 3.4028235e+38]" in str(e)
+    assert ("'1e300' is" if fmt == "csv" else "element 1 of the row, 1e+300,") in str(e)
 
 
 def test_unparseable_cell_names_the_row_line_and_column(rt, tmp_path):
@@ -578,6 +684,18 @@ def test_cli_exit_status_tells_failed_rows_bad_input_and_bad_options(repo, tmp_p
     assert batch.main(common + ["--input", str(tmp_path / "x.npy"), "--batch-size", "0"]) == 2
     assert batch.main(common + ["--input", str(tmp_path / "x.npy"), "--batch-size", "9"]) == 1
     assert "above model 'double' version 1's max_batch_size 8" in capsys.readouterr().err
+
+
+def test_cli_refuses_another_datatype_unless_cast(repo, tmp_path, capsys):
+    np.save(tmp_path / "x.npy", pairs(50).astype(np.float64))
+    common = ["--model-repository", str(repo), "--model", "double", "--input", str(tmp_path / "x.npy"),
+              "--output", str(tmp_path / "y.npy")]
+    assert batch.main(common) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'x.npy'}: column 'INPUT0': holds float64, but input 'INPUT0' is FP32" in err
+    assert "give --cast" in err
+    assert batch.main(common + ["--cast"]) == 0
+    assert np.array_equal(np.load(tmp_path / "y.npy"), pairs(50) * 2)
 
 
 class Terminal:

@@ -32,6 +32,22 @@ string outputs come back as object arrays of UTF-8 ``bytes``. BF16 is refused at
 no bfloat16 and onnxruntime's Python API cannot return bfloat16 outputs as numpy arrays, so a
 model with bfloat16 inputs or outputs fails to load with a message saying so (cast to float16 or
 float inside the graph). :meth:`OnnxBackend.signature` still reports such tensors as BF16.
+
+Logging: onnxruntime prints its own log lines to stderr (``[W:onnxruntime:...]``, coloured),
+outside Python's logging, so its severity follows the level of this module's logger (what
+``modelserve serve --log-level`` sets, or the application's logging configuration): DEBUG shows
+onnxruntime's INFO and above, INFO and WARNING its warnings and above, ERROR its errors, CRITICAL
+only fatal ones (onnxruntime's own INFO and VERBOSE lines are its developers' diagnostics, not
+operator events). The session's, the default logger's (``set_default_logger_severity``) and each
+run's severity are set when an instance loads. A failed run is not logged by onnxruntime except
+at DEBUG: it raises, and its message reaches the caller as a modelserve error (below), so an
+``[E:onnxruntime:...]`` line would only repeat it outside the log format.
+
+Run-time errors: onnxruntime's ``InvalidArgument`` (wrong names, datatypes or ranks) raises
+:class:`~modelserve.errors.InvalidArgumentError`, any other of its errors (``Fail``,
+``RuntimeException``, ``EPFail``, ...: a kernel that failed on these values, such as a Reshape to
+a size the input does not have) :class:`~modelserve.errors.InternalError`; both messages name the
+model and version and carry onnxruntime's message.
 """
 
 from __future__ import annotations
@@ -43,7 +59,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import InvalidArgumentError
+from ..errors import InternalError, InvalidArgumentError
 from .base import Backend, MissingExtraError, register
 
 if TYPE_CHECKING:
@@ -88,6 +104,28 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def log_severity(level: int | None = None) -> int:
+    """onnxruntime's log severity (0 verbose, 1 info, 2 warning, 3 error, 4 fatal) for a Python
+    logging level (default: the effective level of this module's logger); see the module
+    docstring."""
+    if level is None:
+        level = _log.getEffectiveLevel()
+    if level <= logging.DEBUG:
+        return 1
+    if level <= logging.WARNING:
+        return 2
+    if level <= logging.ERROR:
+        return 3
+    return 4
+
+
+def run_log_severity(level: int | None = None) -> int:
+    """The severity of each run's log: fatal only (a failed run raises instead), but at DEBUG
+    that of the session."""
+    severity = log_severity(level)
+    return severity if severity <= 1 else 4
+
+
 def session_options(parameters: Any, instance_count: int = 1, label: str = "model") -> Any:
     """The ``onnxruntime.SessionOptions`` an instance gets from config ``parameters`` (see the
     module docstring); benchmarks build their bare sessions with it too, so they compare like
@@ -103,6 +141,7 @@ def session_options(parameters: Any, instance_count: int = 1, label: str = "mode
         return value
 
     options = ort.SessionOptions()
+    options.log_severity_level = log_severity()
     options.intra_op_num_threads = threads("intra_op_threads", max(1, usable_cpus() // instance_count))
     options.inter_op_num_threads = threads("inter_op_threads", 1)
     if options.inter_op_num_threads > 1:
@@ -166,6 +205,12 @@ def _encode(array: np.ndarray) -> np.ndarray:
     return out.reshape(array.shape)
 
 
+def _ort_message(error: Exception) -> str:
+    """onnxruntime's message, as one line: ``[ONNXRuntimeError] : 1 : FAIL : ...`` keeps the
+    status name and drops the trailing newline."""
+    return " ".join(str(error).split("\n")).strip()
+
+
 @register
 class OnnxBackend(Backend):
     name = "onnx"
@@ -179,6 +224,9 @@ class OnnxBackend(Backend):
         path = ctx.version_dir / self.model_file
 
         options = session_options(ctx.parameters, ctx.config.instances.count, ctx.label)
+        ort.set_default_logger_severity(options.log_severity_level)
+        self._run_options = ort.RunOptions()
+        self._run_options.log_severity_level = run_log_severity()
 
         providers: list = ["CPUExecutionProvider"]
         if ctx.device.startswith("cuda"):
@@ -209,9 +257,13 @@ class OnnxBackend(Backend):
         self._string_inputs = {a.name for a in session.get_inputs() if a.type == "tensor(string)"}
         self._output_names = [a.name for a in session.get_outputs()]
         self._string_outputs = {a.name for a in session.get_outputs() if a.type == "tensor(string)"}
-        self._invalid_argument = getattr(
-            getattr(getattr(ort, "capi", None), "onnxruntime_pybind11_state", None), "InvalidArgument", ()
-        )
+        state = getattr(getattr(ort, "capi", None), "onnxruntime_pybind11_state", None)
+        self._invalid_argument = getattr(state, "InvalidArgument", ())
+        # onnxruntime's own errors (Fail, RuntimeException, EPFail, ...) are the classes of its
+        # extension module; Python's (a TypeError for a feed it cannot take) are not among them.
+        self._ort_errors = tuple(
+            cls for cls in vars(state).values() if isinstance(cls, type) and issubclass(cls, Exception)
+        ) if state is not None else ()
         self.session = session
 
     def execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -223,9 +275,13 @@ class OnnxBackend(Backend):
             for name, array in inputs.items()
         }
         try:
-            results = session.run(self._output_names, feeds)
+            results = session.run(self._output_names, feeds, self._run_options)
         except self._invalid_argument as e:  # wrong names, datatypes or ranks
-            raise InvalidArgumentError(f"{self.context.label}: {e}") from e
+            raise InvalidArgumentError(f"{self.context.label}: {_ort_message(e)}") from e
+        except self._ort_errors as e:  # a kernel failed on these values, or the provider did
+            raise InternalError(
+                f"{self.context.label}: onnxruntime failed to run the model: {_ort_message(e)}"
+            ) from e
         return {
             name: _encode(value) if name in self._string_outputs else value
             for name, value in zip(self._output_names, results)
@@ -246,6 +302,7 @@ class OnnxBackend(Backend):
         ort = _ort()
         path = version_dir / cls.model_file
         options = ort.SessionOptions()
+        options.log_severity_level = log_severity()
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL

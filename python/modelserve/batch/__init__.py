@@ -29,9 +29,17 @@ below is the input's shape without it.
   flattened row-major); a column named ``INPUT0``; or columns ``INPUT0_0 .. INPUT0_{k-1}``. A
   one-column tensor is, per row, a list (JSON array in a CSV cell, nested or flat) with the
   input's elements, or a plain value when it has one element.
-- Datatypes: text is parsed as the input's datatype; typed values (npy, npz, Parquet, JSON
-  numbers) convert within their kind and upwards (float64 -> FP32, int64 -> INT32 with a range
-  check, int -> float), never float -> int or number -> BOOL. BYTES take text (UTF-8) or bytes.
+- Datatypes: a typed file (npy, npz, Parquet) must hold the input's datatype: a float64 or
+  int32 .npy for an FP32 input raises :class:`InputError` naming the file, the input, its
+  datatype and the file's. ``--cast`` (``cast=True``) converts any numeric datatype instead,
+  and refuses every value that does not fit (the row fails, naming the value, its place in the
+  row and the datatype): a float that would become inf (1e300 into FP32), an integer outside
+  the range (2**40 into INT32), a float into an integer input that is not a whole number (2.5,
+  NaN, inf); values may round to the nearest value of the datatype (float64 -> FP32, large
+  integers -> floats). Text and JSON numbers have no datatype of their own: they are read as
+  the input's (int -> float, float64 -> FP32, int64 -> INT32), refusing the values that do not
+  fit, and floats into an integer input need ``--cast``. Numbers never become BOOL, not even
+  with ``--cast``. BYTES take text (UTF-8) or bytes.
   Variable dimensions (-1) are fixed by the data: a table format needs every row in the same
   shape (split a dataset of several shapes into files of one shape each).
 
@@ -53,9 +61,10 @@ flight, whatever the dataset's size. Chunks always start at multiples of the chu
 requests (and the batches the model runs) are the same from run to run, resumed or not.
 
 Failures. Bad input stops the job before any request: an unreadable file, a missing column, a
-wrong datatype, a ragged row (a wrong count of elements or fields) in the schema or anywhere in
-the first chunk (of a fresh start) raises :class:`InputError` (an ``InvalidArgumentError``), whose message names the
-file, the column, the row (0-based; text formats add the line) and the expected type.
+wrong datatype, a value that does not fit the input's datatype, a ragged row (a wrong count of
+elements or fields) in the schema or anywhere in the first chunk (of a fresh start) raises
+:class:`InputError` (an ``InvalidArgumentError``), whose message names the file, the column,
+the row (0-based; text formats add the line) and the expected type.
 ``--validate-only`` reads and checks the whole input without running the model. Past the first
 chunk, a row that cannot be read, and a row the model fails, is written to the errors file
 (``OUTPUT.errors.jsonl``: ``{"row", "ids", "status", "error"}`` per failed row) and the job goes
@@ -73,6 +82,8 @@ its position; nothing committed is redone, and the output is the same as an unin
 
 Progress: a bar with rows/s and ETA on stderr when it is a terminal (at most 10 updates a
 second), nothing otherwise; the summary (rows, time, rows/s, failures) is printed at the end.
+A resumed run's summary counts the rows it did itself with its time and rate, then the whole
+("4,976 rows in 1.0 s (4,976 rows/s), resumed after row 1,024: 6,000 rows in all").
 
 Exit status: 0 when every row succeeded; 3 when the job finished but rows failed (see the errors
 file); 1 when it could not run or stopped (bad input, a model error with --on-error fail);
@@ -144,6 +155,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--restart", action="store_true", help="discard an interrupted run's output instead of "
                      "resuming it")
     run.add_argument("--validate-only", action="store_true", help="read and check the whole input; run nothing")
+    run.add_argument("--cast", action="store_true",
+                     help="convert npy/npz/Parquet values of another numeric datatype to the input's, refusing "
+                     "values that do not fit (default: such a file is refused)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
 
 
@@ -192,7 +206,7 @@ def _run_command(args: argparse.Namespace) -> int:
                 columns=mapping, id_columns=args.id_column, outputs=outputs, input_format=args.input_format,
                 output_format=args.output_format, on_error=args.on_error, errors=args.errors,
                 max_in_flight=args.max_in_flight, chunk_rows=args.chunk_rows, restart=args.restart,
-                progress=not args.no_progress, validate_only=args.validate_only)
+                progress=not args.no_progress, validate_only=args.validate_only, cast=args.cast)
     except KeyboardInterrupt:
         done = committed_rows(Path(args.output)) if not args.validate_only else 0
         print(f"modelserve batch: interrupted; {done:,} rows are committed in {args.output}.partial/; run the "

@@ -95,10 +95,16 @@ class InputBinding:
     shape: tuple[int, ...]
     columns: list[str]
     scalars: bool
+    cast: bool = False  # typed values of another numeric datatype are converted (--cast)
 
     @property
     def expected(self) -> str:
         return describe(self.datatype, self.shape)
+
+    @property
+    def target(self) -> str:
+        """``input 'INPUT0' is FP32 (float32)``, as refusals of a datatype state it."""
+        return f"input '{self.name}' is {self.datatype} ({self.dtype.name})"
 
     @property
     def source(self) -> str:
@@ -131,10 +137,11 @@ class Converted:
 # --- binding: which columns feed which input ---------------------------------------------------
 
 def bind_inputs(path: Path, columns: dict[str, "ColumnInfo"], inputs: list[dict[str, Any]],
-                mapping: dict[str, list[str]], batching: bool) -> list[InputBinding]:
+                mapping: dict[str, list[str]], batching: bool, cast: bool = False) -> list[InputBinding]:
     """Pick the columns of every model input (``mapping`` first, then by name) and check what
-    the file's schema already tells (npy/npz/Parquet: datatypes and shapes) against the model.
-    Raises :class:`InputError` naming the file, the input's column(s) and the expected type."""
+    the file's schema already tells (npy/npz/Parquet: datatypes and shapes) against the model
+    (``cast``: see :func:`_cast_problem`). Raises :class:`InputError` naming the file, the
+    input's column(s) and the expected type."""
     names = [i["name"] for i in inputs]
     unknown = sorted(set(mapping) - set(names))
     if unknown:
@@ -166,7 +173,7 @@ def bind_inputs(path: Path, columns: dict[str, "ColumnInfo"], inputs: list[dict[
             raise InputError(path, f"{len(chosen)} columns are mapped to input '{name}', whose tensor has "
                              f"{'a variable number of' if count is None else count} elements",
                              column=chosen[0], expected=expected)
-        binding = InputBinding(name, meta["datatype"], dtype, shape, list(chosen), scalars)
+        binding = InputBinding(name, meta["datatype"], dtype, shape, list(chosen), scalars, cast)
         for column in chosen:
             info = columns[column]
             info.check(path, column, binding)
@@ -208,7 +215,8 @@ class ColumnInfo:
     def check(self, path: Path, column: str, binding: InputBinding) -> None:
         if self.dtype is None:
             return
-        problem = _cast_problem(self.dtype, binding.dtype)
+        problem = _cast_problem(self.dtype, binding.dtype, typed=True, cast=binding.cast,
+                                target=binding.target)
         if problem:
             raise InputError(path, f"holds {self.found or self.dtype}, {problem}", column=column,
                              expected=binding.expected)
@@ -216,34 +224,78 @@ class ColumnInfo:
 
 # --- datatypes ------------------------------------------------------------------------------------
 
-def _cast_problem(src: np.dtype, dst: np.dtype) -> str | None:
-    """None when values of ``src`` may feed an input of ``dst``, else why not.
+def _cast_problem(src: np.dtype, dst: np.dtype, *, typed: bool = False, cast: bool = False,
+                  target: str | None = None) -> str | None:
+    """None when values of ``src`` may feed an input of ``dst``, else why not (the end of a
+    sentence that begins "holds float64, ...").
 
-    Numbers convert within their kind and upwards (numpy's ``same_kind``: float64 -> FP32,
-    int64 -> INT32 with a range check, int -> float, bool -> number); never float -> int,
-    number -> bool, or text -> number. BYTES takes bytes and text (UTF-8 encoded)."""
+    Note [Datatypes of batch files]. A typed file (npy, npz, Parquet: ``typed``) holds values of
+    a datatype, and it must be the input's: a float64 .npy for an FP32 input is refused, not
+    converted, because a conversion can lose values without a word (1e300 becomes inf, the
+    outputs NaN). ``cast`` (``--cast``) converts any numeric datatype to any numeric one but
+    BOOL, and :func:`cast` then refuses every value that does not fit: an integer outside the
+    target's range, a finite float that would become inf, a float into an integer input that is
+    not a whole number (NaN and inf included). Floats may round to the nearest value of a
+    narrower float type, and large integers to the nearest float: that is what a conversion to a
+    float means. Untyped values (text, JSON numbers) have no datatype of their own: they are read
+    as the input's, within their kind and upwards (int -> float, float64 -> FP32, int64 -> INT32),
+    with the same refusal of values that do not fit, and a float into an integer input needs
+    ``cast``. Numbers never convert to BOOL; BYTES takes bytes and text (UTF-8 encoded)."""
     if dst.kind == "O":
         return None if src.kind in "SUO" else "which is not text or bytes"
     if src.kind not in "biuf":
         return "which is not numeric"
-    if src.kind == dst.kind or np.can_cast(src, dst, "same_kind"):
+    if src.kind == dst.kind and src.itemsize == dst.itemsize:  # the same, maybe in another byte order
         return None
-    return f"which does not convert to {dst.name} without losing its meaning"
+    if dst.kind == "b":
+        return "which is not boolean (numbers do not convert to BOOL, not even with --cast)"
+    if cast:
+        return None
+    if typed:
+        return (f"but {target or 'the input is ' + dst.name}: a file's datatype must be the input's; give "
+                "--cast (cast=True) to convert it, which refuses the values that do not fit")
+    if np.can_cast(src, dst, "same_kind"):
+        return None
+    return (f"which converts to {dst.name} only with --cast (cast=True), which refuses the values that are "
+            "not whole numbers")
 
 
 def cast(a: np.ndarray, dst: np.dtype) -> tuple[np.ndarray, np.ndarray | None]:
-    """``a`` as ``dst`` (rules of :func:`_cast_problem`, checked by the caller) and the rows whose
-    integers do not fit ``dst`` (None when none can be out of range)."""
+    """``a`` as ``dst`` (rules of :func:`_cast_problem`, checked by the caller) and a mask
+    ``[rows, elements per row]`` of the values that do not fit ``dst`` (None when none is found;
+    see Note [Datatypes of batch files])."""
     if dst.kind == "O":
         return _as_bytes(a), None
-    if a.dtype == dst:
+    src = a.dtype
+    if src == dst:
         return a, None
-    out_of_range = None
-    if dst.kind in "iu" and a.dtype.kind in "iu" and not np.can_cast(a.dtype, dst, "safe"):
+    with np.errstate(over="ignore", invalid="ignore"):  # the values that overflow are found below
+        out = a.astype(dst)
+    if np.can_cast(src, dst, "safe") or src.kind == "b" or not a.size:
+        return out, None
+    flat = a.reshape(len(a), a.size // len(a))
+    if dst.kind in "iu":
         info = np.iinfo(dst)
-        flat = a.reshape(len(a), -1)
-        out_of_range = ((flat < info.min) | (flat > info.max)).any(axis=1) if flat.size else None
-    return a.astype(dst), out_of_range
+        # info.max + 1 and info.min are powers of two (or 0): exact as floats, unlike info.max.
+        misfit = (flat < info.min) | (flat >= float(info.max + 1) if src.kind == "f" else flat > info.max)
+        if src.kind == "f":
+            misfit |= ~np.isfinite(flat) | (flat != np.trunc(flat))
+    else:
+        misfit = np.isinf(out.reshape(flat.shape)) & np.isfinite(flat)
+    return out, misfit if misfit.any() else None
+
+
+def _misfit(value: Any, b: InputBinding) -> str:
+    """Why ``value`` (a source value :func:`cast` refused) does not fit ``b``'s datatype."""
+    if b.dtype.kind in "iu":
+        info = np.iinfo(b.dtype)
+        if isinstance(value, float) and not math.isfinite(value):
+            return "not a finite number"
+        if isinstance(value, float) and value != math.trunc(value):
+            return "not a whole number"
+        return f"outside {b.datatype}'s range [{info.min}, {info.max}]"
+    top = float(np.finfo(b.dtype).max)
+    return f"outside {b.datatype}'s finite range [{-top:.8g}, {top:.8g}]"
 
 
 def _as_bytes(a: np.ndarray) -> np.ndarray:
@@ -302,27 +354,34 @@ def _column_values(path: Path, chunk: "RawChunk", column: str, b: InputBinding, 
         return _json_values(path, chunk, column, _json_cells(path, chunk, column, list(raw), expected, bad), b,
                             shape, bad)
     if isinstance(raw, np.ndarray):  # npy, npz
-        problem = _cast_problem(raw.dtype, b.dtype)
+        problem = _cast_problem(raw.dtype, b.dtype, typed=True, cast=b.cast, target=b.target)
         if problem:
             raise _error(path, chunk, 0, column, f"holds {raw.dtype}, {problem}", expected)
-        values, out_of_range = cast(raw, b.dtype)
+        values, misfit = cast(raw, b.dtype)
         if values.shape[1:] != shape:
             values = values.reshape((n, *shape))
-        _range_errors(path, chunk, column, b, values, out_of_range, bad)
+        _misfit_errors(path, chunk, column, b, raw, values, misfit, bad)
         return values
     if _is_arrow(raw):
         return _arrow_values(path, chunk, column, raw, b, shape, bad)
     return _json_values(path, chunk, column, raw, b, shape, bad)
 
 
-def _range_errors(path, chunk, column, b, values, out_of_range, bad) -> None:
-    if out_of_range is not None and out_of_range.any():
-        info = np.iinfo(b.dtype)
-        for row in np.flatnonzero(out_of_range):
-            _mark(bad, int(row), _error(path, chunk, int(row), column,
-                                        f"a value is outside {b.datatype}'s range [{info.min}, {info.max}]",
-                                        b.expected))
-            values[row] = 0
+def _misfit_errors(path, chunk, column, b, source, values, misfit, bad, first_row: int = 0) -> None:
+    """Marks the rows with values that do not fit ``b`` (``misfit`` from :func:`cast` of
+    ``source``, whose row 0 is the chunk's ``first_row``), naming the first such value of each
+    row and its place in the row (row-major), and zeroes them in ``values``."""
+    if misfit is None:
+        return
+    flat = source.reshape(misfit.shape)
+    for row in np.flatnonzero(misfit.any(axis=1)):
+        j = int(np.argmax(misfit[row]))
+        value = flat[row, j].item()
+        where = f"element {j} of the row, {value!r}," if misfit.shape[1] > 1 else f"the value {value!r}"
+        _mark(bad, first_row + int(row), _error(path, chunk, first_row + int(row), column,
+                                                f"{where} does not fit input '{b.name}': {_misfit(value, b)}",
+                                                b.expected))
+        values[row] = 0
 
 
 def _parse_text(path: Path, chunk: "RawChunk", cells: np.ndarray, b: InputBinding,
@@ -343,25 +402,42 @@ def _parse_text(path: Path, chunk: "RawChunk", cells: np.ndarray, b: InputBindin
                 _mark(bad, int(row), _error(path, chunk, int(row), name, f"cannot read {str(cells[row, j])!r} as BOOL "
                                             "(true, false, 1 or 0)", b.datatype))
         return truth
+    wide = np.dtype(np.float64) if dst.kind == "f" else dst  # floats are read exactly, then narrowed
     try:
-        return cells.astype(dst)
+        out = cells.astype(wide)
     except (ValueError, OverflowError):
-        pass
-    out = np.zeros(cells.shape, dst)
-    for row in range(cells.shape[0]):
-        for j in range(cells.shape[1]):
-            text = str(cells[row, j])
-            try:
-                out[row, j] = _parse_number(text, dst)
-                continue
-            except OverflowError:
-                info = np.iinfo(dst)
-                problem = f"{text!r} is outside {b.datatype}'s range [{info.min}, {info.max}]"
-            except ValueError:
-                problem = "empty cell" if not text.strip() else f"cannot read {text!r} as {b.datatype}"
-            _mark(bad, row, _error(path, chunk, row, column or b.columns[j], problem, b.datatype))
-            break
-    return out
+        out = np.zeros(cells.shape, wide)
+        for row in range(cells.shape[0]):
+            for j in range(cells.shape[1]):
+                text = str(cells[row, j])
+                try:
+                    out[row, j] = _parse_number(text, wide)
+                    continue
+                except OverflowError:
+                    info = np.iinfo(dst)
+                    problem = f"{text!r} is outside {b.datatype}'s range [{info.min}, {info.max}]"
+                except ValueError:
+                    problem = "empty cell" if not text.strip() else f"cannot read {text!r} as {b.datatype}"
+                _mark(bad, row, _error(path, chunk, row, column or b.columns[j], problem, b.datatype))
+                break
+    if dst.kind != "f":
+        return out
+    narrow, misfit = cast(out, dst)
+    # Text too large even for float64 reads as inf (float("1e400")), like an overflow of dst.
+    spelled = np.isinf(out)
+    if spelled.any():
+        for row, j in zip(*np.nonzero(spelled)):
+            if str(cells[row, j]).strip().lower().lstrip("+-") not in ("inf", "infinity"):
+                misfit = np.zeros(out.shape, bool) if misfit is None else misfit
+                misfit[row, j] = True
+    if misfit is not None:
+        top = float(np.finfo(dst).max)
+        for row in np.flatnonzero(misfit.any(axis=1)):
+            j = int(np.argmax(misfit[row]))
+            problem = f"{str(cells[row, j])!r} is outside {b.datatype}'s finite range [{-top:.8g}, {top:.8g}]"
+            _mark(bad, int(row), _error(path, chunk, int(row), column or b.columns[j], problem, b.datatype))
+            narrow[row] = 0
+    return narrow
 
 
 def _parse_number(text: str, dst: np.dtype) -> Any:
@@ -402,10 +478,11 @@ def _json_values(path: Path, chunk: "RawChunk", column: str, values: list[Any], 
             a = np.asarray(values)
         except ValueError:  # ragged: rows of different lengths
             a = None
-        if a is not None and not _cast_problem(a.dtype, b.dtype) and a.dtype.kind != "O":
+        if a is not None and not _cast_problem(a.dtype, b.dtype, cast=b.cast) and a.dtype.kind != "O":
             if a.shape[1:] == shape or (a.size == n * math.prod(shape) and a.ndim >= 1):
-                out, out_of_range = cast(a.reshape((n, *shape)), b.dtype)
-                _range_errors(path, chunk, column, b, out, out_of_range, bad)
+                source = a.reshape((n, *shape))
+                out, misfit = cast(source, b.dtype)
+                _misfit_errors(path, chunk, column, b, source, out, misfit, bad)
                 return out
         elif a is not None and b.dtype.kind == "O" and a.dtype.kind in "UO":
             try:
@@ -433,20 +510,22 @@ def _json_values(path: Path, chunk: "RawChunk", column: str, values: list[Any], 
             found = "a value that is not a number" if b.dtype.kind != "O" else "a value that is not text"
             _mark(bad, row, _error(path, chunk, row, column, f"{found}: {_short(json.dumps(value))}", expected))
             continue
-        problem = _cast_problem(a.dtype, b.dtype)
+        problem = _cast_problem(a.dtype, b.dtype, cast=b.cast)
         if problem:
             kind = {"U": "text", "b": "booleans", "f": "floating-point numbers"}.get(a.dtype.kind, str(a.dtype))
-            _mark(bad, row, _error(path, chunk, row, column, f"holds {kind}: {_short(json.dumps(value))}", expected))
+            whole = a.dtype.kind == "f" and b.dtype.kind in "iu"
+            hint = " (--cast takes those that are whole numbers)" if whole else ""
+            _mark(bad, row, _error(path, chunk, row, column, f"holds {kind}: {_short(json.dumps(value))}{hint}",
+                                   expected))
             continue
         if a.size != count:
             _mark(bad, row, _error(path, chunk, row, column, f"holds {a.size} value{'s' if a.size != 1 else ''}"
                                    + (f" (shape {list(a.shape)})" if a.ndim > 1 else ""), expected))
             continue
-        converted, out_of_range = cast(a.reshape((1, *shape)), b.dtype)
-        if out_of_range is not None and out_of_range.any():
-            info = np.iinfo(b.dtype)
-            _mark(bad, row, _error(path, chunk, row, column, f"a value is outside {b.datatype}'s range "
-                                   f"[{info.min}, {info.max}]", expected))
+        source = a.reshape((1, *shape))
+        converted, misfit = cast(source, b.dtype)
+        if misfit is not None:
+            _misfit_errors(path, chunk, column, b, source, converted, misfit, bad, row)
             continue
         out[row] = converted[0]
     return out
@@ -507,7 +586,7 @@ def _arrow_values(path: Path, chunk: "RawChunk", column: str, raw: Any, b: Input
     values = leaves.to_numpy(zero_copy_only=False)
     if values.dtype.kind == "O" and b.dtype.kind != "O":
         raise _error(path, chunk, 0, column, f"holds {leaves.type}, which is not numeric", expected)
-    problem = _cast_problem(values.dtype, b.dtype)
+    problem = _cast_problem(values.dtype, b.dtype, typed=True, cast=b.cast, target=b.target)
     if problem:
         raise _error(path, chunk, 0, column, f"holds {leaves.type}, {problem}", expected)
     counts = np.bincount(parents, minlength=n) if nested else np.ones(n, int)
@@ -515,8 +594,9 @@ def _arrow_values(path: Path, chunk: "RawChunk", column: str, raw: Any, b: Input
         shape = _settle(path, chunk, column, b, 0, None, int(counts[0]) if n else None)
     count = math.prod(shape)
     if (counts == count).all():
-        out, out_of_range = cast(values.reshape((n, *shape)), b.dtype)
-        _range_errors(path, chunk, column, b, out, out_of_range, bad)
+        source = values.reshape((n, *shape))
+        out, misfit = cast(source, b.dtype)
+        _misfit_errors(path, chunk, column, b, source, out, misfit, bad)
         return out
     out = np.zeros((n, *shape), b.dtype)
     starts = np.concatenate([[0], np.cumsum(counts)])
@@ -525,7 +605,11 @@ def _arrow_values(path: Path, chunk: "RawChunk", column: str, raw: Any, b: Input
             if row not in bad:
                 _mark(bad, row, _error(path, chunk, row, column, f"ragged: holds {counts[row]} values", expected))
             continue
-        converted, _ = cast(values[starts[row]:starts[row + 1]].reshape((1, *shape)), b.dtype)
+        source = values[starts[row]:starts[row + 1]].reshape((1, *shape))
+        converted, misfit = cast(source, b.dtype)
+        if misfit is not None:
+            _misfit_errors(path, chunk, column, b, source, converted, misfit, bad, row)
+            continue
         out[row] = converted[0]
     return out
 
