@@ -358,3 +358,17 @@ def test_close_refuses_a_negative_timeout(recorder):
     with ModelEngine("m", recorder, max_batch_size=1) as e:
         with pytest.raises(modelserve.InvalidArgumentError, match="timeout_s must be >= 0"):
             e.close(timeout_s=-1)
+
+
+def test_a_modelserve_error_raised_by_a_python_backend_keeps_its_status_code():
+    class Picky:
+        def execute(self, inputs):
+            if (inputs["INPUT0"] < 0).any():
+                raise modelserve.InvalidArgumentError("INPUT0 must be >= 0")
+            raise ValueError("a bug in the model")
+
+    with ModelEngine("m", Picky(), max_batch_size=4) as e:
+        with pytest.raises(modelserve.InvalidArgumentError, match=r"model 'm' version 1 instance 0 .*INPUT0 must be >= 0"):
+            e.infer(row(-1))
+        with pytest.raises(modelserve.InternalError, match="execute\\(\\) raised ValueError: a bug in the model"):
+            e.infer(row(1))

@@ -55,6 +55,18 @@ void keep_thread_state(py::gil_scoped_acquire& gil) {
   }
 }
 
+// A modelserve error raised by Python code (modelserve.errors.ModelserveError) keeps its status
+// code: an onnxruntime InvalidArgument is the caller's fault, not the server's. Anything else is
+// INTERNAL. Returns kInternal when `e` is not a modelserve error.
+StatusCode status_code_of(py::error_already_set& e) {
+  // Leaked on purpose: a static py::object would be destroyed after the interpreter is gone.
+  static py::object* base = new py::object(py::module_::import("modelserve.errors").attr("ModelserveError"));
+  if (!e.matches(*base)) return StatusCode::kInternal;
+  const int code = py::getattr(e.value(), "code", py::int_(-1)).cast<int>();
+  const bool known = code > static_cast<int>(StatusCode::kOk) && code <= static_cast<int>(StatusCode::kUnimplemented);
+  return known ? static_cast<StatusCode>(code) : StatusCode::kInternal;
+}
+
 std::string describe(py::error_already_set& e) {
   std::string type = py::str(e.type().attr("__name__")).cast<std::string>();
   std::string message = py::str(e.value()).cast<std::string>();
@@ -95,6 +107,8 @@ class PyBackend final : public Backend {
       }
       return outputs;
     } catch (py::error_already_set& e) {
+      const StatusCode code = status_code_of(e);
+      if (code != StatusCode::kInternal) throw Error(code, py::str(e.value()).cast<std::string>());
       MS_FAIL(kInternal, "execute() raised ", describe(e));
     }
   }
