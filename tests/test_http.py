@@ -14,6 +14,7 @@ import datetime
 import gzip
 import http.client
 import json
+import re
 import shutil
 import socket
 import ssl
@@ -337,6 +338,22 @@ def test_json_data_may_be_nested_in_the_shape(main):
     assert out["OUTPUT0"]["shape"] == [2, 16]
     assert out["OUTPUT0"]["data"] == (A + B).ravel().tolist()
 
+
+
+@pytest.mark.parametrize("data, message", [
+    ([[1.0] * 16, [1.0] * 15 + [1.0, 1.0]], r"data\[1\] has 17 elements, the shape \[2, 16\] needs 16 in dimension 1"),
+    ([[1.0] * 17, [1.0] * 15], r"data\[0\] has 17 elements"),
+    ([[1.0] * 16, [[1.0]] * 16], r"data\[1\]\[0\] is nested deeper than the shape \[2, 16\]"),
+    ([[1.0] * 16, 1.0], r"data\[1\] is 1.0, a list of 16 was expected"),
+])
+def test_ragged_nested_json_data_is_refused_naming_the_list(main, data, message):
+    body, _ = infer_body(
+        [{"name": "INPUT0", "datatype": "FP32", "shape": [2, 16], "data": data},
+         {"name": "INPUT1", "datatype": "FP32", "shape": [2, 16], "data": B.ravel().tolist()}]
+    )
+    status, _, reply = request(main, "POST", "/v2/models/add_sub/infer", body)
+    assert status == 400
+    assert re.search(r"input 'INPUT0': " + message, json.loads(reply)["error"]), json.loads(reply)["error"]
 
 def test_replies_are_not_held_back_by_delayed_acks(client):
     # A reply written in two parts (headers, body) without TCP_NODELAY waits out the client's

@@ -172,22 +172,36 @@ async def _route_error(request: Request, exc: Exception) -> _Reply:
 # --- request decoding ---------------------------------------------------------------------------
 
 
-def _flatten(data: Any) -> list[Any]:
-    """JSON ``data``, flat or nested in the tensor's shape, as a flat row-major list."""
+def _flatten(data: Any, shape: Any, name: str) -> list[Any]:
+    """JSON ``data``, flat or nested in the tensor's shape, as a flat row-major list. Nested data
+    must have the shape exactly: a ragged or differently nested list is refused, naming the first
+    list whose length is off, though its total count may be right."""
     if not isinstance(data, list):
         return [data]
     if not data or not isinstance(data[0], list):
         return data
+    dims = list(shape) if isinstance(shape, list) else []
     out: list[Any] = []
-    stack = [iter(data)]
-    while stack:
-        for item in stack[-1]:
+
+    def walk(items: list[Any], depth: int, path: str) -> None:
+        want = dims[depth] if depth < len(dims) else None
+        if want is not None and len(items) != want:
+            raise InvalidArgumentError(
+                f"input '{name}': data{path} has {len(items)} elements, the shape {dims} needs {want} in dimension {depth}"
+            )
+        for i, item in enumerate(items):
             if isinstance(item, list):
-                stack.append(iter(item))
-                break
-            out.append(item)
-        else:
-            stack.pop()
+                if depth + 1 >= len(dims):
+                    raise InvalidArgumentError(f"input '{name}': data{path}[{i}] is nested deeper than the shape {dims}")
+                walk(item, depth + 1, f"{path}[{i}]")
+            elif depth + 1 < len(dims):
+                raise InvalidArgumentError(
+                    f"input '{name}': data{path}[{i}] is {item!r}, a list of {dims[depth + 1]} was expected for the shape {dims}"
+                )
+            else:
+                out.append(item)
+
+    walk(data, 0, "")
     return out
 
 
@@ -243,7 +257,7 @@ def _decode_input(
         if datatype == "BF16":  # numpy has no bfloat16 to check JSON numbers against (as in tritonclient)
             raise InvalidArgumentError(f"{where}: BF16 data cannot travel as JSON; send it as binary data")
         # The value rules of common (Note [Value rules]) check every element's type and range.
-        return name, tensor_from_values(name, datatype, shape, _flatten(spec["data"])), 0
+        return name, tensor_from_values(name, datatype, shape, _flatten(spec["data"], shape, name)), 0
     except InvalidArgumentError as e:
         message = str(e)
         raise InvalidArgumentError(message if message.startswith(what) else f"{what}: {message}") from None
