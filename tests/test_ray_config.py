@@ -100,3 +100,43 @@ def test_deploy_rides_out_a_proxy_that_serve_restarts_while_starting(monkeypatch
     monkeypatch.setattr(_app, "serve", fake)
     with pytest.raises(TimeoutError, match=r"proxies are not ready after 10 s: \{'head': 'STARTING'\}"):
         _app._start_serve({}, timeout_s=10, clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s))
+
+
+def catalog_with(ready):
+    """A ClusterCatalog whose versions' replicas have answered (no cluster needed)."""
+    from modelserve.ray._ingress import ClusterCatalog
+
+    cat = ClusterCatalog({"models": {"m": {"versions": {1: "m-v1", 2: "m-v2", 3: "m-v3"}, "labels": {"stable": 3},
+                                           "default": 3}}}, {})
+    for v in (1, 2, 3):
+        cat._described[("m", v)] = {"ready": v in ready}
+    return cat
+
+
+def test_the_cluster_catalog_rolls_the_default_back_to_the_newest_older_ready_version():
+    cat = catalog_with(ready={1, 3})
+    assert cat.rollback("m", None, None) == 1  # version 2 is not READY
+    assert cat.resolve_version("m") == 1
+    assert cat.rollback("m", 3, "stable") == 3 and cat.rollback("m", 1, "stable") == 1
+    assert cat.resolve_version("m", "stable") == 1
+
+
+def test_the_cluster_catalog_refuses_a_rollback_it_cannot_do():
+    from modelserve.errors import NotFoundError, UnavailableError
+
+    cat = catalog_with(ready={3})
+    with pytest.raises(UnavailableError, match="no READY version older than 3"):
+        cat.rollback("m", None, None)
+    with pytest.raises(UnavailableError, match="version 2 is not READY"):
+        cat.rollback("m", 2, None)
+    with pytest.raises(NotFoundError, match="no label 'canary'"):
+        cat.rollback("m", None, "canary")
+
+
+def test_the_label_and_rollback_rpcs_are_served_through_rays_grpc_proxy():
+    from modelserve._proto import modelserve_pb2
+
+    from modelserve.ray._ingress import TRAFFIC_RPCS
+
+    service = modelserve_pb2.DESCRIPTOR.services_by_name["TrafficService"]
+    assert set(TRAFFIC_RPCS) == {m.name for m in service.methods}

@@ -85,7 +85,7 @@ GRPC_UNARY_RPCS = (
 )
 TRAFFIC_RPCS = (
     "GetPolicy", "SetPolicy", "ClearPolicy", "GetReadout", "StartRollout", "GetRollout", "PauseRollout",
-    "ResumeRollout", "PromoteRollout", "AbortRollout", "ListAudit",
+    "ResumeRollout", "PromoteRollout", "AbortRollout", "ListAudit", "SetLabel", "Rollback",
 )
 
 
@@ -275,6 +275,32 @@ class ClusterCatalog:
         if not self.model_ready(model, number):
             raise UnavailableError(f"model '{model}': cannot point label '{label}' at version {number}: it is not READY")
         info["labels"][label] = number
+
+    def rollback(self, model: str, version: int | None, label: str | None) -> int:
+        """Re-points the default (or ``label``) in this ingress at ``version``, or at the newest
+        READY version below its current one; returns the version now targeted (as
+        ``ModelVersions.rollback`` does in one process)."""
+        info = self._model(model)
+        current = info["labels"].get(label) if label else info["default"]
+        if label and current is None:
+            raise NotFoundError(f"model '{model}' has no label '{label}'; labels {info['labels']}")
+        if version is None:
+            older = [v for v in sorted(info["versions"]) if v < current and self.model_ready(model, v)]
+            if not older:
+                raise UnavailableError(
+                    f"model '{model}': no READY version older than {current} to roll back to; "
+                    f"ready versions: {self._ready_versions(model)}"
+                )
+            version = older[-1]
+        number = self.resolve_version(model, version)
+        if not self.model_ready(model, number):
+            raise UnavailableError(f"model '{model}': rollback needs a READY version; version {number} is not READY")
+        if label:
+            info["labels"][label] = number
+        else:
+            info["default"] = number
+        log.warning("model '%s': rolled back %s from version %s to %d", model, label or "default", current, number)
+        return number
 
     async def infer(self, model: str, version: int | str | None, inputs: Mapping[str, Any]) -> dict[str, Any]:
         """One request on (model, version), bypassing the policy (shadow copies)."""
