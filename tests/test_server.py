@@ -3,6 +3,7 @@
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -21,9 +22,11 @@ EXAMPLES = ROOT / "examples" / "models"
 
 
 class ServerProcess:
-    """``modelserve serve`` in a subprocess on ports 0; the chosen ports are read from its log."""
+    """``modelserve serve`` in a subprocess on ports 0; the chosen ports are read from its log.
+    The constructor returns once the log has a line with ``wait_for`` (default: loading done)."""
 
-    def __init__(self, repository, *args):
+    def __init__(self, repository, *args, wait_for="model versions READY"):
+        self.wait_for = wait_for
         cmd = [sys.executable, "-c", "import sys; from modelserve.cli import main; sys.exit(main())",
                "serve", "--model-repository", str(repository), "--grpc-port", "0", "--http-port", "0", *args]
         self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
@@ -47,7 +50,7 @@ class ServerProcess:
                 self.grpc_port = int(m.group(1))
             if m := re.search(r"HTTP listening on \w+://[\d.]+:(\d+)", text):
                 self.http_port = int(m.group(1))
-            if "model versions READY" in text:
+            if self.wait_for in text:
                 self._ready.set()
 
     def stop(self, sig=signal.SIGTERM, timeout=60):
@@ -186,13 +189,194 @@ def test_validate_exits_1_for_a_broken_repository(tmp_path):
     assert "did you mean 'max_batch_size'" in result.stderr
 
 
-def test_a_port_in_use_is_one_clear_line_and_exit_1(server, tmp_path):
-    (tmp_path / "empty").mkdir()
-    result = subprocess.run(
-        [sys.executable, "-m", "modelserve.cli", "serve", "--model-repository", str(tmp_path / "empty"),
-         "--grpc-port", str(server.grpc_port), "--http-port", "0"],
-        capture_output=True, text=True, timeout=60, check=False,
-    )
-    assert result.returncode == 1
-    assert f"gRPC cannot listen on 127.0.0.1:{server.grpc_port}" in result.stderr and "--grpc-port" in result.stderr
-    assert "Traceback" not in result.stderr
+# --- readiness (Note [Server readiness] in modelserve/runtime.py) --------------------------------
+
+ECHO_CONFIG = """
+max_batch_size: 4
+inputs: [{name: INPUT0, datatype: FP32, shape: [4]}]
+outputs: [{name: OUTPUT0, datatype: FP32, shape: [4]}]
+"""
+
+GATED_MODEL = """
+import time
+from pathlib import Path
+
+class Model:
+    def load(self, context):  # waits for the test to create the gate file
+        deadline = time.monotonic() + 120
+        while not Path({gate!r}).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def execute(self, inputs):
+        return {{"OUTPUT0": inputs["INPUT0"]}}
+"""
+
+ECHO_MODEL = """
+class Model:
+    def execute(self, inputs):
+        return {"OUTPUT0": inputs["INPUT0"]}
+"""
+
+BROKEN_MODEL = """
+class Model:
+    def load(self, context):
+        raise RuntimeError("weights are corrupt")
+
+    def execute(self, inputs):
+        return {"OUTPUT0": inputs["INPUT0"]}
+"""
+
+
+def write_model(repository, name, code):
+    (repository / name / "1").mkdir(parents=True)
+    (repository / name / "config.yaml").write_text(ECHO_CONFIG)
+    (repository / name / "1" / "model.py").write_text(code)
+
+
+def clients(s):
+    return grpcclient.InferenceServerClient(f"127.0.0.1:{s.grpc_port}"), \
+        httpclient.InferenceServerClient(f"127.0.0.1:{s.http_port}")
+
+
+def wait_until(condition, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_server_is_live_but_not_ready_over_grpc_and_http_until_a_slow_model_has_loaded(tmp_path):
+    repository, gate = tmp_path / "models", tmp_path / "gate"
+    write_model(repository, "fast", ECHO_MODEL)
+    write_model(repository, "slow", GATED_MODEL.format(gate=str(gate)))
+    s = ServerProcess(repository, "--shutdown-grace", "0", wait_for="HTTP listening")
+    try:
+        grpc_client, http_client = clients(s)
+        wait_until(lambda: http_client.is_model_ready("fast"))  # one model is up, the other still loading
+        assert grpc_client.is_server_live() and http_client.is_server_live()
+        assert not grpc_client.is_server_ready() and not http_client.is_server_ready()
+        gate.touch()
+        wait_until(http_client.is_server_ready)
+        assert grpc_client.is_server_ready() and grpc_client.is_model_ready("slow")
+    finally:
+        gate.touch()
+        assert s.stop() == 0
+
+
+def test_a_model_that_failed_at_start_keeps_the_server_not_ready_and_the_reason_is_logged(tmp_path):
+    write_model(tmp_path, "good", ECHO_MODEL)
+    write_model(tmp_path, "broken", BROKEN_MODEL)
+    s = ServerProcess(tmp_path, "--shutdown-grace", "0")
+    try:
+        grpc_client, http_client = clients(s)
+        assert grpc_client.is_model_ready("good") and http_client.is_model_ready("good")
+        assert not grpc_client.is_server_ready() and not http_client.is_server_ready()
+        wait_until(lambda: any("readiness" in line and "waits for" in line for line in s.lines))
+        (line,) = [line for line in s.lines if "waits for" in line]
+        assert "model 'broken'" in line and "weights are corrupt" in line
+    finally:
+        assert s.stop() == 0
+
+
+def test_a_model_loaded_after_start_in_explicit_mode_does_not_change_server_readiness(tmp_path):
+    write_model(tmp_path, "good", ECHO_MODEL)
+    write_model(tmp_path, "broken", BROKEN_MODEL)
+    s = ServerProcess(tmp_path, "--shutdown-grace", "0", "--model-control-mode", "explicit", "--load-model", "good")
+    try:
+        grpc_client, http_client = clients(s)
+        assert grpc_client.is_server_ready() and http_client.is_server_ready()
+        with pytest.raises(Exception, match="weights are corrupt"):
+            http_client.load_model("broken")
+        assert not grpc_client.is_model_ready("broken") and not http_client.is_model_ready("broken")
+        assert grpc_client.is_server_ready() and http_client.is_server_ready()
+    finally:
+        assert s.stop() == 0
+
+
+def test_the_kubernetes_readiness_probe_asks_the_ready_route_and_liveness_the_live_route():
+    import yaml
+
+    docs = yaml.safe_load_all((ROOT / "deploy" / "kubernetes" / "deployment.yaml").read_text())
+    (deployment,) = [d for d in docs if d and d["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    http_port = next(p["containerPort"] for p in container["ports"] if p["name"] == "http")
+    assert "--host=0.0.0.0" in container["args"]  # the kubelet probes the pod's address
+    for probe, route in (("readinessProbe", "/v2/health/ready"), ("livenessProbe", "/v2/health/live")):
+        get = container[probe]["httpGet"]
+        assert get["path"] == route and get["port"] in ("http", http_port)
+
+
+# --- start-up errors: one line, no traceback, exit 2 for usage and 1 for run-time failures ----------
+
+
+def run_cli(*args, prelude=""):
+    """``modelserve ARGS`` as a user runs it (``prelude``: Python run first, in the same process)."""
+    command = [sys.executable, "-m", "modelserve.cli", *args] if not prelude else \
+        [sys.executable, "-c", prelude + "; import sys; from modelserve.cli import main; sys.exit(main())", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+
+def assert_one_line(result, status, *words):
+    assert result.returncode == status, result.stderr
+    for noise in ("Traceback", "Event loop is closed", "never awaited"):
+        assert noise not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for word in words:
+        assert word in lines[0]
+
+
+def test_a_bad_memory_budget_size_is_a_usage_error_naming_the_flag(tmp_path):
+    result = run_cli("serve", "--model-repository", str(tmp_path), "--memory-budget", "cpu=abc")
+    assert_one_line(result, 2, "--memory-budget", "'abc' is not a size", "--help")
+
+
+def test_a_memory_budget_for_a_gpu_the_machine_lacks_is_a_usage_error(tmp_path):
+    from modelserve import cuda
+
+    missing = f"cuda:{cuda.device_count()}"  # one past the last GPU: cuda:0 on a machine with none
+    result = run_cli("serve", "--model-repository", str(tmp_path), "--memory-budget", f"cpu=1GiB,{missing}=1GiB")
+    assert_one_line(result, 2, "--memory-budget", missing, "this machine has")
+
+
+@pytest.mark.parametrize("flag, value", [("--grpc-port", "70000"), ("--http-port", "abc"),
+                                          ("--poll-interval", "0"), ("--drain-timeout", "-1")])
+def test_a_bad_serve_flag_value_is_a_usage_error_naming_the_flag(tmp_path, flag, value):
+    assert_one_line(run_cli("serve", "--model-repository", str(tmp_path), flag, value), 2, flag, repr(value))
+
+
+def test_a_missing_repository_is_one_line_naming_the_path_and_exit_1(tmp_path):
+    missing = tmp_path / "no-such-repository"
+    result = run_cli("serve", "--model-repository", str(missing), "--grpc-port", "0", "--http-port", "0")
+    assert_one_line(result, 1, "--model-repository", str(missing), "does not exist")
+
+
+@pytest.mark.parametrize("frontend, flag", [("gRPC", "--grpc-port"), ("HTTP", "--http-port")])
+def test_a_port_in_use_is_one_line_naming_the_address_and_exit_1(tmp_path, frontend, flag):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        other = "--http-port" if flag == "--grpc-port" else "--grpc-port"
+        result = run_cli("serve", "--model-repository", str(tmp_path), flag, str(port), other, "0")
+    assert_one_line(result, 1, f"{frontend} cannot listen on 127.0.0.1:{port}", "in use", flag)
+
+
+def test_perf_without_tritonclient_names_the_install_command():
+    result = run_cli("perf", "-m", "m", prelude="import sys; sys.modules['tritonclient'] = None")
+    assert_one_line(result, 2, "tritonclient", "pip install 'tritonclient[grpc]'")
+
+
+@pytest.mark.parametrize("args, words", [
+    (["ray", "deploy", "--model-repository", "/no/such/repository"], ["--model-repository", "/no/such/repository"]),
+    (["settings", "get", "m", "--url", "http://127.0.0.1:1", "--token-file", "/no/such/token"],
+     ["--token-file", "/no/such/token"]),
+    (["traffic", "set", "m", "--url", "http://127.0.0.1:1", "--file", "/no/such/policy.yaml"],
+     ["--file", "/no/such/policy.yaml"]),
+])
+def test_a_missing_path_given_to_another_subcommand_is_one_line_and_exit_1(args, words):
+    assert_one_line(run_cli(*args), 1, *words)
+
+
+def test_a_bad_value_given_to_another_subcommand_is_one_usage_line_and_exit_2():
+    assert_one_line(run_cli("settings", "set", "m", "--instances", "many"), 2, "--instances", "'many'")

@@ -46,7 +46,11 @@ def call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> 
     if getattr(args, "actor", None):
         request.add_header("X-Modelserve-Actor", args.actor)
     if args.token_file:
-        request.add_header("Authorization", "Bearer " + Path(args.token_file).read_text().strip())
+        try:
+            token = Path(args.token_file).read_text().strip()
+        except OSError as e:
+            raise Refused(f"--token-file {args.token_file}: {e.strerror or e}") from None
+        request.add_header("Authorization", "Bearer " + token)
     try:
         with urllib.request.urlopen(request, timeout=args.timeout) as response:
             text = response.read()

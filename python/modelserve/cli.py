@@ -6,6 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 from collections.abc import Sequence
+from typing import Any
+
+from ._cli import ArgumentParser
 
 __all__ = ["main"]
 
@@ -29,9 +32,9 @@ def _read_token(path: str | None, flag: str) -> str | None:
     try:
         token = Path(path).read_text().strip()
     except OSError as e:
-        raise SystemExit(f"modelserve: {flag} {path}: {e.strerror}") from None
+        raise SystemExit(f"modelserve serve: {flag} {path}: {e.strerror}") from None
     if not token:
-        raise SystemExit(f"modelserve: {flag} {path} is empty")
+        raise SystemExit(f"modelserve serve: {flag} {path} is empty")
     return token
 
 
@@ -45,15 +48,80 @@ def _at_least_one(text: str) -> int:
     return value
 
 
+# --- option values: a bad one is a usage error (exit 2) naming the flag, from argparse itself ---
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535 (0 = any free port), got {text!r}")
+    return value
+
+
+def _seconds(text: str, *, positive: bool = False) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 if positive else value >= 0) or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds {'> 0' if positive else '>= 0'}, got {text!r}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    return _seconds(text, positive=True)
+
+
+def _message_bytes(text: str) -> int:
+    limit = 2**31 - 1  # gRPC's own limit on a message
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= limit:
+        raise argparse.ArgumentTypeError(f"expected a number of bytes from 1 to {limit}, got {text!r}")
+    return value
+
+
+def _memory_budget(text: str) -> dict[str, int]:
+    """``cpu=8GiB,cuda:0=20GiB`` checked now: sizes, device names, and devices this machine has."""
+    from .errors import InvalidArgumentError
+    from .memory_budget import check_devices, parse_budget
+
+    try:
+        budget = parse_budget(text)
+        check_devices(budget)
+    except InvalidArgumentError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return budget
+
+
+def _serve_failed(message: Any, status: int) -> int:
+    print(f"modelserve serve: {'error: ' if status == 2 else ''}{message}", file=sys.stderr)
+    return status
+
+
 def _serve(args: argparse.Namespace) -> int:
+    from .errors import ModelserveError
     from .server.app import Server, configure_logging
     from .server.common import ServerOptions
 
     configure_logging(args.log_format, args.log_level)
     if bool(args.tls_cert) != bool(args.tls_key):
-        raise SystemExit("modelserve: --tls-cert and --tls-key go together")
+        return _serve_failed("--tls-cert and --tls-key go together (see modelserve serve --help)", 2)
     if args.tls_client_ca and not args.tls_cert:
-        raise SystemExit("modelserve: --tls-client-ca needs --tls-cert and --tls-key")
+        return _serve_failed("--tls-client-ca needs --tls-cert and --tls-key (see modelserve serve --help)", 2)
+    repository = Path(args.model_repository)
+    if not repository.is_dir():
+        what = "is not a folder" if repository.exists() else "does not exist"
+        return _serve_failed(f"--model-repository {repository} {what}; give the folder that holds "
+                             "<model>/config.yaml (modelserve validate PATH checks one)", 1)
+    for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key), ("--tls-client-ca", args.tls_client_ca)):
+        if path and not Path(path).is_file():
+            return _serve_failed(f"{flag} {path}: no such file", 1)
     options = ServerOptions(
         host=args.host,
         http_port=args.http_port,
@@ -69,27 +137,26 @@ def _serve(args: argparse.Namespace) -> int:
         drain_timeout_s=args.drain_timeout,
         max_stream_requests=args.max_stream_requests,
     )
-    server = Server(
-        args.model_repository,
-        options,
-        model_control_mode=args.model_control_mode,
-        poll_interval=args.poll_interval,
-        load_models=args.load_model,
-        memory_budget=args.memory_budget,
-        memory_evict=args.memory_evict,
-        state_dir=args.state_dir,
-    )
     try:
+        server = Server(
+            args.model_repository,
+            options,
+            model_control_mode=args.model_control_mode,
+            poll_interval=args.poll_interval,
+            load_models=args.load_model,
+            memory_budget=args.memory_budget,
+            memory_evict=args.memory_evict,
+            state_dir=args.state_dir,
+        )
         return server.run()
-    except OSError as e:  # a port that cannot be bound: the message names the address and the flag
-        print(f"modelserve serve: {e}", file=sys.stderr)
-        return 1
+    except (OSError, ModelserveError) as e:  # a port in use: the message names the address and the flag
+        return _serve_failed(e, 1)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from ._version import __version__
 
-    parser = argparse.ArgumentParser(prog="modelserve", description="modelserve: model serving runtime")
+    parser = ArgumentParser(prog="modelserve", description="modelserve: model serving runtime")
     parser.add_argument("--version", action="version", version=f"modelserve {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     v = sub.add_parser("validate", help="check every config of a model repository offline; exit 1 listing the errors")
@@ -98,17 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="serve a model repository over gRPC and HTTP (Open Inference Protocol)")
     s.add_argument("--model-repository", required=True, metavar="PATH", help="the model repository folder")
-    s.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default 8001; 0 = any free port)")
-    s.add_argument("--http-port", type=int, default=8000, help="HTTP port, also serving /metrics (default 8000; 0 = any)")
+    s.add_argument("--grpc-port", type=_port, default=8001, help="gRPC port (default 8001; 0 = any free port)")
+    s.add_argument("--http-port", type=_port, default=8000, help="HTTP port, also serving /metrics (default 8000; 0 = any)")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
     s.add_argument("--model-control-mode", choices=["none", "poll", "explicit"], default="none")
-    s.add_argument("--poll-interval", type=float, default=5.0, metavar="SECONDS", help="rescan period in poll mode")
+    s.add_argument("--poll-interval", type=_positive_seconds, default=5.0, metavar="SECONDS", help="rescan period in poll mode")
     s.add_argument("--load-model", action="append", default=[], metavar="NAME", help="in explicit mode, load at start")
     s.add_argument("--require-model", action="append", default=[], metavar="NAME",
                    help="ready only when these models are READY (default: every loaded model)")
     s.add_argument("--log-format", choices=["text", "json"], default="text")
     s.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    s.add_argument("--max-message-bytes", type=int, default=64 * 1024 * 1024,
+    s.add_argument("--max-message-bytes", type=_message_bytes, default=64 * 1024 * 1024,
                    help="largest gRPC message / HTTP body, both directions (default 64 MiB)")
     s.add_argument("--max-stream-requests", type=_at_least_one, default=64, metavar="N",
                    help="gRPC ModelStreamInfer: requests in flight per stream; at N the server stops "
@@ -119,11 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--admin-token-file", metavar="FILE",
                    help="bearer token required by management calls (repository load/unload)")
     s.add_argument("--inference-token-file", metavar="FILE", help="bearer token required by inference and metadata")
-    s.add_argument("--shutdown-grace", type=float, default=5.0, metavar="SECONDS",
+    s.add_argument("--shutdown-grace", type=_seconds, default=5.0, metavar="SECONDS",
                    help="after SIGTERM: not ready at once; new requests refused after this long")
-    s.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
+    s.add_argument("--drain-timeout", type=_seconds, default=30.0, metavar="SECONDS",
                    help="then in-flight requests get this long to finish")
-    s.add_argument("--memory-budget", metavar="DEVICE=SIZE,...",
+    s.add_argument("--memory-budget", type=_memory_budget, metavar="DEVICE=SIZE,...",
                    help="cap on what model instances hold per device, e.g. cpu=8GiB,cuda:0=20GiB")
     s.add_argument("--memory-evict", action="store_true",
                    help="past the budget, release idle models' instances (least recently used first)")

@@ -3,7 +3,8 @@
 Note [Memory budget]
 ~~~~~~~~~~~~~~~~~~~~
 A budget caps the bytes the instances of every loaded version may hold on one device
-(``cpu``, ``cuda:0``, ...). Each version is charged ``per_instance_bytes x instances``:
+(``cpu``, ``cuda:0``, ...; one the machine lacks is refused). Each version is charged
+``per_instance_bytes x instances``:
 
 - Before a version loads, its per-instance footprint is *estimated* as the size of the files in
   its version folder (the weights), and the load is admitted only if the estimate fits.
@@ -32,13 +33,13 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from .errors import InvalidArgumentError, ResourceExhaustedError
 
-__all__ = ["MemoryBudget", "parse_bytes", "parse_budget", "format_bytes", "rss_bytes", "folder_bytes"]
+__all__ = ["MemoryBudget", "parse_bytes", "parse_budget", "check_devices", "format_bytes", "rss_bytes", "folder_bytes"]
 
 log = logging.getLogger("modelserve.memory")
 
@@ -65,6 +66,23 @@ def parse_budget(text: str) -> dict[str, int]:
             raise InvalidArgumentError(f"memory budget '{part}': expected DEVICE=SIZE, e.g. cpu=2GiB")
         out[_device(device.strip())] = parse_bytes(size)
     return out
+
+
+def check_devices(devices: Iterable[str]) -> None:
+    """Refuses a budget for a device this machine lacks (``cuda:1`` with one GPU, any ``cuda:N``
+    without one): it would cap nothing."""
+    cuda = sorted(d for d in devices if d.startswith("cuda:"))
+    if not cuda:
+        return
+    from .cuda import device_count  # the native core: imported only when a GPU is named
+
+    count = device_count()
+    missing = [d for d in cuda if int(d.partition(":")[2]) >= count]
+    if missing:
+        has = "no CUDA device" if count == 0 else f"{count} CUDA device{'s' if count != 1 else ''}: cuda:0"
+        has += f"..cuda:{count - 1}" if count > 1 else ""
+        raise InvalidArgumentError(f"memory budget for {', '.join(missing)}: this machine has {has}; "
+                                   "budget the devices it has (cpu=SIZE)")
 
 
 def format_bytes(n: float) -> str:
@@ -109,6 +127,7 @@ class MemoryBudget:
         if isinstance(limits, str):
             limits = parse_budget(limits)
         self.limits = {_device(d): parse_bytes(v) for d, v in limits.items()}
+        check_devices(self.limits)
         self.evict = evict
         self._admit = threading.Lock()  # one reservation (with its evictions) at a time
         self._lock = threading.Lock()

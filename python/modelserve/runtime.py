@@ -27,7 +27,7 @@ import numpy as np
 from . import settings as _settings
 from .admission import with_retry_hint
 from .autoscale import AutoscaleController
-from .errors import ResourceExhaustedError
+from .errors import ModelserveError, NotFoundError, ResourceExhaustedError
 from .memory_budget import MemoryBudget
 from .repository import ModelRepository
 from .repository.repository import ControlMode
@@ -50,6 +50,17 @@ class Served(NamedTuple):
 
 class Runtime:
     """Serves the models of one repository in this process.
+
+    Note [Server readiness]
+    ~~~~~~~~~~~~~~~~~~~~~~~
+    :meth:`ready` (the server's ``/v2/health/ready`` and ``ServerReady`` when no
+    ``--require-model`` is named) is False until :meth:`start` has finished loading, then True
+    while every model loaded at start (every model folder found in modes ``none`` and ``poll``;
+    ``load_models`` in mode ``explicit``) has a READY default version. A model that failed at
+    start keeps it False until a later load of it succeeds (poll, :meth:`load_model`). Models
+    added after start never hold it back: their own model-ready answers report them. A start
+    model unloaded on purpose since (:meth:`unload_model`, its folder removed in poll mode) is
+    no longer served and no longer counts.
 
     ``model_control_mode``: ``"none"`` loads every model at start; ``"explicit"`` loads only
     ``load_models`` and then what :meth:`load_model` asks for; ``"poll"`` loads everything and
@@ -94,6 +105,9 @@ class Runtime:
         )
         self._closed = False
         self._started = False
+        self._loaded = False  # start() has loaded (or failed to load) every model it loads at start
+        self._explicit_start = list(load_models) if model_control_mode == "explicit" else None
+        self._start_models: list[str] = []  # what start() loaded: readiness waits for these
         if start:
             self.start()
 
@@ -103,6 +117,11 @@ class Runtime:
         if not self._started:
             self._started = True
             self.repository.start()
+            # Note [Server readiness]: every model found at start (explicit mode: each of
+            # load_models), loaded or failed; models added later do not join.
+            known = set(self.repository.models) | set(self.repository.errors)
+            self._start_models = self._explicit_start if self._explicit_start is not None else sorted(known)
+            self._loaded = True
             self.autoscaler.start()
             self._start_traffic()
             # From now on every (re)load of a model re-reads its config's traffic key (poll mode, load_model).
@@ -220,8 +239,25 @@ class Runtime:
         return not self._closed
 
     def ready(self) -> bool:
-        """True when every model the repository should serve has a READY default version."""
-        return self._started and not self._closed and self.repository.ready()
+        """Note [Server readiness]: True once :meth:`start` has loaded the models it loads at
+        start and each of them has a READY default version."""
+        return self._loaded and not self._closed and not self.unready_models()
+
+    def unready_models(self) -> dict[str, str]:
+        """Why the Runtime is not ready: each model loaded at start that is not READY now, with
+        the reason (empty while loading: nothing is known to be missing yet)."""
+        out = {}
+        for name in self._start_models:
+            try:
+                managed = self.repository.get(name)
+                managed.resolve(None)  # raises why there is no READY default version
+                if not managed.ready():
+                    out[name] = f"model '{name}' version {managed.default} is not READY"
+            except NotFoundError:
+                continue  # unloaded since (explicit unload, folder removed in poll mode): not served
+            except ModelserveError as e:
+                out[name] = str(e)
+        return out
 
     def model_ready(self, model: str, version: Version = None) -> bool:
         try:

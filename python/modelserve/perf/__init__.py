@@ -62,10 +62,11 @@ def _error(message: str) -> None:
 
 
 def _run_command(args: argparse.Namespace) -> int:
-    from . import _report, _runner
+    from . import _client, _report, _runner
 
     try:
         check_arguments(args)
+        _client.require_tritonclient(args.protocol)
         for option, path in (("--output", args.output), ("--plot", args.plot)):
             folder = os.path.dirname(os.path.abspath(path)) if path else None
             if folder and not os.path.isdir(folder):

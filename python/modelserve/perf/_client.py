@@ -8,13 +8,26 @@ A transport reads the model's metadata and config, turns payloads into prepared 
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 
 import numpy as np
 
 from ._model import ModelInfo, SetupError, TensorMetadata
 
-__all__ = ["Transport", "GrpcTransport", "HttpTransport", "open_transport", "describe_error"]
+__all__ = ["Transport", "GrpcTransport", "HttpTransport", "open_transport", "describe_error", "require_tritonclient"]
+
+
+def require_tritonclient(protocol: str) -> None:
+    """Fail before the run, with the install command, when tritonclient's client for
+    ``protocol`` (or what it needs: grpcio, aiohttp) is not installed."""
+    try:
+        importlib.import_module(f"tritonclient.{protocol}.aio")
+    except ImportError as e:
+        raise ImportError(
+            f"--protocol {protocol} needs tritonclient's {protocol} client, which is not installed "
+            f"({e.name or e}): pip install 'tritonclient[{protocol}]'"
+        ) from e
 
 
 def describe_error(e: BaseException) -> str:

@@ -13,6 +13,9 @@ __all__ = ["add_parser"]
 
 
 def _deploy(args: argparse.Namespace) -> int:
+    if not os.path.isdir(args.model_repository):  # before Ray starts or is reached
+        print(f"modelserve ray deploy: --model-repository {args.model_repository}: no such folder", file=sys.stderr)
+        return 1
     from . import deploy  # imports Ray
 
     address = args.address or os.environ.get("RAY_ADDRESS")

@@ -14,11 +14,14 @@ exits 0. A second signal skips the waiting.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import signal
+import socket
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +75,7 @@ class Server:
         model_control_mode: str = "none",
         poll_interval: float = 5.0,
         load_models: list[str] | tuple[str, ...] = (),
-        memory_budget: str | None = None,
+        memory_budget: str | Mapping[str, int | str] | None = None,
         memory_evict: bool = False,
         state_dir: str | Path | None = None,
     ) -> None:
@@ -101,12 +104,29 @@ class Server:
         self._hurry = asyncio.Event()
 
     async def start(self) -> None:
-        """Binds both ports (live at once, ready once the models are loaded), then loads."""
+        """Binds both ports (live at once; ready once the models are loaded, Note [Server
+        readiness] in modelserve/runtime.py), then loads. When a step fails, what had started
+        is stopped again before the error propagates (a port in use names the address)."""
+        try:
+            await self._start()
+        except BaseException:
+            await asyncio.gather(self.grpc.stop(0), self.http.stop(0), return_exceptions=True)
+            await asyncio.to_thread(self.runtime.close)
+            raise
+
+    async def _start(self) -> None:
         o = self.options
         scheme = "https" if o.tls_cert else "http"
+        # Both addresses are tried before either frontend binds: a port in use is then one line
+        # (gRPC's C core would log its own bind failure first).
+        _check_listen(o.host, o.grpc_port, "gRPC", "--grpc-port")
+        _check_listen(o.host, o.http_port, "HTTP", "--http-port")
         self.grpc_port = await self.grpc.start()
+        try:
+            self.http_port = await self.http.start()
+        except OSError as e:
+            raise _listen_error(e, o.host, o.http_port, "HTTP", "--http-port") from None
         log.info("gRPC listening on %s:%d%s", o.host, self.grpc_port, " (TLS)" if o.tls_cert else "")
-        self.http_port = await self.http.start()
         log.info("HTTP listening on %s://%s:%d (metrics at /metrics)", scheme, o.host, self.http_port)
         t0 = time.monotonic()
         await asyncio.to_thread(self.runtime.start)
@@ -117,6 +137,10 @@ class Server:
         for e in index:
             if e["state"] != "READY":
                 log.warning("model '%s' version %s is %s: %s", e["name"], e["version"], e["state"], e["reason"])
+        if not self.health.ready():
+            why = [f"required model '{m}' is not READY" for m in o.required_models if not self.health.model_ready(m)]
+            why += list(self.runtime.unready_models().values()) if not o.required_models else []
+            log.warning("readiness (GET /v2/health/ready, gRPC ServerReady) waits for: %s", "; ".join(why))
 
     async def shutdown(self) -> None:
         """Note [Graceful shutdown]."""
@@ -150,3 +174,31 @@ class Server:
     def run(self) -> int:
         asyncio.run(self.serve())
         return 0
+
+
+def _check_listen(host: str, port: int, frontend: str, flag: str) -> None:
+    """Binds ``host:port`` once and lets it go; raises what binding it for real would."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as both frontends bind
+            sock.bind(address)
+    except OSError as e:
+        raise _listen_error(e, host, port, frontend, flag) from None
+
+
+def _listen_error(e: OSError, host: str, port: int, frontend: str, flag: str) -> OSError:
+    """A bind failure as one line naming the address and the flag to change; other errors (a
+    TLS file) pass unchanged."""
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if isinstance(e, socket.gaierror) or e.errno == errno.EADDRNOTAVAIL:
+        hint = "not an address of this machine; see --host"
+    elif e.errno == errno.EADDRINUSE:
+        hint = f"the port is in use; see {flag}"
+    elif e.errno == errno.EACCES:
+        hint = f"ports below 1024 need privileges; see {flag}"
+    else:
+        return e
+    return OSError(f"{frontend} cannot listen on {address}: {e.strerror} ({hint})")

@@ -12,7 +12,9 @@ __all__ = ["Health"]
 
 class Health:
     """Live: the process and its event loop answer. Ready: not shutting down, and every required
-    model (all loaded models when none are named) has a READY default version.
+    model has a READY default version; with none named, the Runtime's readiness (Note [Server
+    readiness] in modelserve/runtime.py: false while the models load at start, and while one
+    loaded at start is not READY; models loaded later do not count).
 
     Shutdown (Server.shutdown): ``draining`` makes ready() False at once; ``accepting`` turns
     False after the grace period, and from then on new inference requests are refused with

@@ -30,7 +30,10 @@ __all__ = ["add_parsers"]
 
 
 def _load_file(path: str) -> Any:
-    text = Path(path).read_text()
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise OSError(f"--file {path}: {e.strerror or e}") from None
     if path.endswith((".yaml", ".yml")):
         import yaml
 
