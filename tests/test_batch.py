@@ -684,6 +684,9 @@ def test_cli_exit_status_tells_failed_rows_bad_input_and_bad_options(repo, tmp_p
     assert batch.main(common + ["--input", str(tmp_path / "x.npy"), "--batch-size", "0"]) == 2
     assert batch.main(common + ["--input", str(tmp_path / "x.npy"), "--batch-size", "9"]) == 1
     assert "above model 'double' version 1's max_batch_size 8" in capsys.readouterr().err
+    missing = ["--model-repository", str(tmp_path / "nowhere")] + common[2:]
+    assert batch.main(missing + ["--input", str(tmp_path / "x.npy")]) == 1
+    assert f"--model-repository {tmp_path / 'nowhere'}: no such folder" in capsys.readouterr().err
 
 
 def test_cli_refuses_another_datatype_unless_cast(repo, tmp_path, capsys):

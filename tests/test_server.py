@@ -306,6 +306,20 @@ def test_the_kubernetes_readiness_probe_asks_the_ready_route_and_liveness_the_li
         assert get["path"] == route and get["port"] in ("http", http_port)
 
 
+
+def test_the_kubernetes_state_dir_is_writable_beside_the_read_only_repository():
+    import yaml
+
+    docs = yaml.safe_load_all((ROOT / "deploy" / "kubernetes" / "deployment.yaml").read_text())
+    (deployment,) = [d for d in docs if d and d["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    repository = next(a.split("=", 1)[1] for a in container["args"] if a.startswith("--model-repository="))
+    state = next((a.split("=", 1)[1] for a in container["args"] if a.startswith("--state-dir=")), None)
+    assert mounts[repository].get("readOnly")
+    assert state is not None, "the default state dir lies inside the read-only repository"
+    assert state in mounts and not mounts[state].get("readOnly")
+
 # --- start-up errors: one line, no traceback, exit 2 for usage and 1 for run-time failures ----------
 
 

@@ -198,7 +198,7 @@ def _run_command(args: argparse.Namespace) -> int:
     version = int(args.version) if args.version is not None and args.version.isdigit() else args.version
     if not Path(args.model_repository).is_dir():
         _error(f"--model-repository {args.model_repository}: no such folder")
-        return 2
+        return 1  # a run-time failure, like a missing input file (usage errors are 2)
     try:
         with Runtime(args.model_repository, model_control_mode="explicit", load_models=[args.model]) as rt:
             result = run_batch(
