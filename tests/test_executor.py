@@ -372,3 +372,24 @@ def test_a_modelserve_error_raised_by_a_python_backend_keeps_its_status_code():
             e.infer(row(-1))
         with pytest.raises(modelserve.InternalError, match="execute\\(\\) raised ValueError: a bug in the model"):
             e.infer(row(1))
+
+
+def test_a_closed_engine_releases_its_backend_factory_so_its_owner_can_be_collected():
+    import gc
+    import weakref
+
+    class Owner:  # as a repository version: it owns the engine, and the factory refers back to it
+        def make(self, instance, device):
+            return self
+
+        def execute(self, inputs):
+            return {"OUTPUT0": inputs["INPUT0"]}
+
+    owner = Owner()
+    owner.engine = ModelEngine("m", owner.make, max_batch_size=4, device="cpu")  # a bound method holds owner
+    owner.engine.infer(row(1))
+    owner.engine.close()
+    alive = weakref.ref(owner)
+    del owner
+    gc.collect()
+    assert alive() is None, "the closed engine's factory kept its owner alive"

@@ -153,6 +153,8 @@ void Executor::stop() {
     instances_.clear();
   }
   for (auto& inst : all) inst->thread.join();
+  all.clear();         // the backends, before the factory that made them
+  factory_ = nullptr;  // see factory_'s comment: no instance can start after stop()
 }
 
 size_t Executor::free_slots() const {

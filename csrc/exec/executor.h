@@ -128,7 +128,10 @@ class Executor final : public BatchSink {
   std::string where(const Instance& instance) const;
 
   const ExecutorConfig config_;
-  const BackendFactory factory_;
+  // Guarded by resize_mutex_. stop() releases it: a Python factory often refers back to the
+  // object that owns this executor (a repository version), a cycle Python's collector cannot see
+  // through the core, so holding it past stop() would keep every unloaded version alive.
+  BackendFactory factory_;
   const std::function<void()> on_slot_free_;
 
   mutable std::mutex mutex_;
