@@ -30,6 +30,7 @@ using namespace modelserve::python;
 
 namespace modelserve::python {
 void bind_bench(py::module_& m);
+void bind_protocol(py::module_& m);  // py_protocol.cc
 }
 
 namespace {
@@ -468,4 +469,5 @@ PYBIND11_MODULE(_core, m) {
       });
 
   bind_bench(m);
+  bind_protocol(m);
 }
