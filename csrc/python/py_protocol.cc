@@ -99,14 +99,12 @@ ContentsField parse_field(const std::string& name) {
 // A parsed ModelInferRequest and the object whose bytes it views.
 class ParsedInferRequest {
  public:
-  explicit ParsedInferRequest(const py::object& buffer) {
+  explicit ParsedInferRequest(const py::object& buffer) : owner_(buffer) {
     view_ = std::make_unique<py::buffer_info>(py::buffer(buffer).request());
     const bool contiguous = view_->ndim <= 1 && (view_->ndim == 0 || view_->strides[0] == view_->itemsize);
     MS_EXPECTS(contiguous, kInvalidArgument, "parse: the buffer must be contiguous");
     data_ = static_cast<const uint8_t*>(view_->ptr);
     size_ = static_cast<size_t>(view_->size * view_->itemsize);
-    memoryview_ = py::memoryview(buffer);
-    if (view_->format != "B") memoryview_ = memoryview_.attr("cast")("B");
     Status status = parse_infer_request(data_, size_, request_);
     if (!status.is_ok()) throw Error(status.code, status.message);
   }
@@ -124,6 +122,10 @@ class ParsedInferRequest {
   py::object raw(size_t i) const {
     const ByteView& v = raw_entry(i);
     const auto begin = static_cast<py::ssize_t>(offset(v));
+    if (!memoryview_) {  // made on first use: most callers never ask for one
+      memoryview_ = py::memoryview(owner_);
+      if (view_->format != "B") memoryview_ = memoryview_.attr("cast")("B");
+    }
     return memoryview_[py::slice(begin, begin + static_cast<py::ssize_t>(v.size), 1)];
   }
 
@@ -185,8 +187,9 @@ class ParsedInferRequest {
   }
 
  private:
+  py::object owner_;
   std::unique_ptr<py::buffer_info> view_;  // holds the buffer export: the bytes cannot move
-  py::object memoryview_;                  // of the same object, for zero-copy slices
+  mutable py::object memoryview_;          // of owner_, for zero-copy slices
   const uint8_t* data_ = nullptr;
   size_t size_ = 0;
   InferRequest request_;
