@@ -5,9 +5,10 @@ Ray Serve's HTTP proxy hands every request to this deployment's ASGI app, which 
 single-process server's own app (:func:`modelserve.server.http.create_app`); Ray Serve's gRPC proxy
 calls this deployment's methods named after the rpcs of ``inference.GRPCInferenceService`` and
 ``modelserve.v1.TrafficService``, which run the single-process server's own handlers
-(:class:`modelserve.server.grpc.GrpcFrontend`). Both
-frontends talk to a :class:`ClusterCatalog` instead of a :class:`~modelserve.Runtime`: the same
-methods, answered from the version deployments. So decoding, encoding, errors, versions and labels
+(:class:`modelserve.server.grpc.GrpcFrontend`, by :meth:`~modelserve.server.grpc.GrpcFrontend.rpc_handlers`).
+Both frontends talk to a :class:`ClusterCatalog` instead of a :class:`~modelserve.Runtime`: the
+same interface (:class:`~modelserve.server.runtime_api.ServingRuntime`), answered from the version
+deployments. So decoding, encoding, errors, versions and labels
 behave exactly as on one server; only where a request runs differs.
 
 Note [Routing seam]
@@ -61,7 +62,6 @@ from ..server.common import ServerOptions
 from ..server.grpc import GrpcFrontend
 from ..server.health import Health
 from ..server.http import create_app
-from ..server.traffic_grpc import traffic_handler
 from ..server.traffic_metrics import TrafficCollector
 from ..traffic import Signature, TrafficManager
 from ._replica import decode_tensors, encode_tensors, raise_remote_error
@@ -90,12 +90,16 @@ TRAFFIC_RPCS = (
 
 
 class ClusterCatalog:
-    """What the frontends ask a Runtime, answered by the version deployments of one application.
+    """What the frontends ask a Runtime (:class:`~modelserve.server.runtime_api.ServingRuntime`),
+    answered by the version deployments of one application.
 
     ``spec``: ``{"models": {name: {"versions": {number: deployment}, "labels": {label: number},
     "default": number, "traffic": policy or None}}}``; ``handles``: deployment name ->
     DeploymentHandle. It is also the :class:`~modelserve.traffic.Catalog` of its traffic manager.
     """
+
+    #: Requests reach the replicas as tensors (the Python path), never as parsed native requests.
+    native_requests = False
 
     def __init__(
         self,
@@ -378,14 +382,17 @@ class ClusterCatalog:
             "and run `modelserve ray deploy` again"
         )
 
-    def settings(self, model: str, version: Any = None) -> dict[str, Any]:
+    def settings(self, model: str, version: int | str | None = None) -> dict[str, Any]:
         raise UnimplementedError(
             f"runtime settings of model '{model}' are not served on a Ray cluster: each replica keeps the "
             "instances and dynamic_batching of config.yaml, and Ray Serve scales replicas by the model's `ray:` "
             "section; change config.yaml and run `modelserve ray deploy` again"
         )
 
-    def update_settings(self, model: str, version: Any = None, **changes: Any) -> dict[str, Any]:
+    def update_settings(
+        self, model: str, version: int | str | None = None, *, instances: Mapping[str, Any] | None = None,
+        dynamic_batching: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
         return self.settings(model, version)
 
 
@@ -431,14 +438,11 @@ class Ingress:
         self.catalog = ClusterCatalog(spec, handles, traffic_state_dir=traffic_state_dir,
                                       loop=asyncio.get_running_loop())
         self.options = ServerOptions(**options)
-        self.health = Health(self.catalog)  # type: ignore[arg-type]
+        self.health = Health(self.catalog)
         await self.catalog.refresh()
         self.catalog.start_traffic()
-        frontend = GrpcFrontend(self.catalog, self.options, self.health)  # type: ignore[arg-type]
-        # The single server's handlers, one per rpc (the traffic service's by its method paths).
-        self._grpc = frontend._handlers()
-        traffic = traffic_handler(frontend)._method_handlers  # noqa: SLF001 - grpc's generic handler map
-        self._grpc.update({path.rsplit("/", 1)[1]: h for path, h in traffic.items()})
+        # The single server's handlers, one per rpc name (the inference and traffic services').
+        self._grpc = GrpcFrontend(self.catalog, self.options, self.health).rpc_handlers()
         self._refresher = asyncio.get_running_loop().create_task(self._refresh_loop())
 
     async def _refresh_loop(self) -> None:

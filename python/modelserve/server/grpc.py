@@ -116,10 +116,10 @@ from ..errors import (
     ResourceExhaustedError,
     UnimplementedError,
 )
-from ..runtime import Runtime
 from ..tensor import Tensor
 from .common import EXTENSIONS, ServerOptions, check_token, request_options, tensor_from_raw, tensor_from_values
 from .health import Health
+from .runtime_api import ServingRuntime
 
 __all__ = ["GrpcFrontend", "SERVICE"]
 
@@ -338,9 +338,10 @@ def _where(model: str, version: str | int | None) -> str:
 
 
 class GrpcFrontend:
-    """The gRPC frontend over one :class:`~modelserve.Runtime` (module docstring: the decisions)."""
+    """The gRPC frontend over one :class:`~modelserve.server.runtime_api.ServingRuntime` (a
+    :class:`~modelserve.Runtime`, or the Ray ingress's catalog); module docstring: the decisions."""
 
-    def __init__(self, runtime: Runtime, options: ServerOptions, health: Health) -> None:
+    def __init__(self, runtime: ServingRuntime, options: ServerOptions, health: Health) -> None:
         self.runtime = runtime
         self.options = options
         self.health = health
@@ -401,6 +402,22 @@ class GrpcFrontend:
         return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
 
     # --- dispatch -------------------------------------------------------------------------------
+    def rpc_handlers(self) -> dict[str, grpc.RpcMethodHandler]:
+        """Every rpc this frontend serves, by rpc name: ``inference.GRPCInferenceService``'s and
+        ``modelserve.v1.TrafficService``'s (no name is in both). For a host that brings its own
+        transport (the Ray ingress: Ray Serve's gRPC proxy calls one method per rpc): each
+        handler's ``request_deserializer``, ``unary_unary`` or ``stream_stream`` and
+        ``response_serializer`` are grpc's public ``RpcMethodHandler`` fields, and behave as
+        they do behind :meth:`start` (authorisation, size limits, error mapping)."""
+        from .traffic_grpc import traffic_method_handlers
+
+        handlers = self._handlers()
+        traffic = traffic_method_handlers(self)
+        clash = sorted(handlers.keys() & traffic.keys())
+        if clash:
+            raise InternalError(f"rpc names in both {SERVICE} and the traffic service: {clash}")
+        return {**handlers, **traffic}
+
     def _handlers(self) -> dict[str, grpc.RpcMethodHandler]:
         open_, inference, admin = "open", "inference", "admin"
         unary = {

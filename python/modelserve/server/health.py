@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ..errors import UnavailableError
-from ..runtime import Runtime
+from .runtime_api import ServingRuntime
 
 __all__ = ["Health"]
 
@@ -21,7 +21,7 @@ class Health:
     UNAVAILABLE (check_accepting) while those already admitted finish.
     """
 
-    def __init__(self, runtime: Runtime, required_models: Iterable[str] = ()) -> None:
+    def __init__(self, runtime: ServingRuntime, required_models: Iterable[str] = ()) -> None:
         self.runtime = runtime
         self.required_models = list(required_models)
         self.draining = False

@@ -73,7 +73,7 @@ import socket
 import ssl
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -96,7 +96,11 @@ from .common import (
     tensor_values,
 )
 from .health import Health
+from .runtime_api import ServingRuntime
 from .settings_routes import settings_routes
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 __all__ = ["create_app", "HttpFrontend"]
 
@@ -554,7 +558,9 @@ async def _cancel_on_disconnect(coro: Any, receive: Callable[[], Any]) -> Any:
 class _Api:
     """The handlers; each takes a Starlette Request and returns a _Reply."""
 
-    def __init__(self, runtime: Any, options: ServerOptions, health: Health, metrics: Any) -> None:
+    def __init__(
+        self, runtime: ServingRuntime, options: ServerOptions, health: Health, metrics: Metrics | None
+    ) -> None:
         self.runtime = runtime
         self.options = options
         self.health = health
@@ -758,7 +764,9 @@ def _endpoint(handler: Callable[[Request], Any], check: Callable[[Request], None
     return endpoint
 
 
-def create_app(runtime: Any, options: ServerOptions, health: Health, metrics: Any = None) -> Starlette:
+def create_app(
+    runtime: ServingRuntime, options: ServerOptions, health: Health, metrics: Metrics | None = None
+) -> Starlette:
     """The ASGI app serving ``runtime`` over the Open Inference Protocol's HTTP routes."""
     api = _Api(runtime, options, health, metrics)
 
@@ -866,7 +874,9 @@ class HttpFrontend:
     """The HTTP server: :func:`create_app` under uvicorn, in the running event loop (the gRPC
     server's), on ``options.host:options.http_port`` with TLS (and mutual TLS) as configured."""
 
-    def __init__(self, runtime: Any, options: ServerOptions, health: Health, metrics: Any = None) -> None:
+    def __init__(
+        self, runtime: ServingRuntime, options: ServerOptions, health: Health, metrics: Metrics | None = None
+    ) -> None:
         self.options = options
         self.app = create_app(runtime, options, health, metrics)
         self.port: int | None = None

@@ -49,6 +49,7 @@ Traffic management adds metrics labelled ``endpoint`` and ``target`` (traffic_me
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST, CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, generate_latest,
@@ -59,6 +60,9 @@ from prometheus_client.registry import Collector
 from .. import memory
 from ..repository import VersionState
 from .scaling_metrics import ScalingCollector
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime  # not a ServingRuntime: per-version state only a Runtime has
 
 __all__ = ["Metrics"]
 
@@ -75,7 +79,7 @@ def _histogram(family: HistogramMetricFamily, labels: list[str], hist: dict) -> 
 
 
 class _RuntimeCollector(Collector):
-    def __init__(self, runtime) -> None:
+    def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
     def collect(self) -> Iterator[Metric]:
@@ -149,7 +153,7 @@ class _RuntimeCollector(Collector):
 class Metrics:
     """The registry the HTTP frontend serves at /metrics; ``render()`` gives the exposition."""
 
-    def __init__(self, runtime) -> None:
+    def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_RuntimeCollector(runtime))

@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..errors import InvalidArgumentError
+from .runtime_api import ServingRuntime
 
 __all__ = ["SETTINGS_PREFIX", "settings_routes"]
 
@@ -35,7 +36,7 @@ def _json(value: Any) -> Response:
     return Response(json.dumps(value), media_type="application/json")
 
 
-def settings_routes(runtime: Any) -> list[tuple[str, Callable[[Request], Any], list[str]]]:
+def settings_routes(runtime: ServingRuntime) -> list[tuple[str, Callable[[Request], Any], list[str]]]:
     """(path, handler, methods) for the settings routes over ``runtime``; the HTTP frontend adds
     authorisation and its error replies."""
 

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from .._proto import modelserve_pb2 as pb
 from ..errors import InvalidArgumentError, NotFoundError
 
-__all__ = ["TRAFFIC_SERVICE", "traffic_handler"]
+if TYPE_CHECKING:
+    from .grpc import GrpcFrontend
+
+__all__ = ["TRAFFIC_SERVICE", "traffic_handler", "traffic_method_handlers"]
 
 TRAFFIC_SERVICE = "modelserve.v1.TrafficService"
 
@@ -45,9 +48,14 @@ def _actor(request: Any, context: grpc.aio.ServicerContext) -> str:
     return request.actor.strip()[:200] or f"grpc:{context.peer()}"
 
 
-def traffic_handler(frontend: Any) -> grpc.GenericRpcHandler:
-    """The service's handlers over ``frontend`` (a GrpcFrontend: its runtime, authorisation,
-    message size limits and error mapping)."""
+def traffic_handler(frontend: GrpcFrontend) -> grpc.GenericRpcHandler:
+    """The service over ``frontend``, for a grpc.aio server (:func:`traffic_method_handlers`)."""
+    return grpc.method_handlers_generic_handler(TRAFFIC_SERVICE, traffic_method_handlers(frontend))
+
+
+def traffic_method_handlers(frontend: GrpcFrontend) -> dict[str, grpc.RpcMethodHandler]:
+    """The service's handlers by rpc name over ``frontend`` (a GrpcFrontend: its runtime,
+    authorisation, message size limits and error mapping)."""
     traffic = frontend.runtime.traffic
 
     async def get_policy(request: Any, context: Any) -> Any:
@@ -127,7 +135,7 @@ def traffic_handler(frontend: Any) -> grpc.GenericRpcHandler:
         "SetLabel": (set_label, pb.SetLabelRequest, change),
         "Rollback": (rollback, pb.RollbackRequest, change),
     }
-    handlers = {
+    return {
         name: grpc.unary_unary_rpc_method_handler(
             frontend._unary_behaviour(name, fn, auth),
             request_deserializer=frontend._deserializer(cls),
@@ -135,4 +143,3 @@ def traffic_handler(frontend: Any) -> grpc.GenericRpcHandler:
         )
         for name, (fn, cls, auth) in methods.items()
     }
-    return grpc.method_handlers_generic_handler(TRAFFIC_SERVICE, handlers)
