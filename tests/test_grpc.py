@@ -34,7 +34,7 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 import modelserve  # noqa: E402
 from modelserve._proto import inference_pb2  # noqa: E402
 from modelserve.server.common import ServerOptions  # noqa: E402
-from modelserve.server.grpc import GrpcFrontend, split_raw_inputs  # noqa: E402
+from modelserve.server.grpc import GrpcFrontend  # noqa: E402
 from modelserve.server.health import Health  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -1070,17 +1070,3 @@ def test_field_numbers_agree_with_tritonclient():
         twin = other.methods_by_name[method.name]
         assert (method.input_type.full_name, method.output_type.full_name) == (
             twin.input_type.full_name, twin.output_type.full_name)
-
-
-def test_split_raw_inputs_finds_every_entry():
-    request = inference_pb2.ModelInferRequest(model_name="m", id="x")
-    request.inputs.add(name="A", datatype="FP32", shape=[2])
-    request.raw_input_contents.extend([b"\x01" * 8, b"", b"\x02" * 300])
-    data = request.SerializeToString()
-    rest, raw = split_raw_inputs(data)
-    assert [bytes(r) for r in raw] == [b"\x01" * 8, b"", b"\x02" * 300]
-    assert all(r.obj is data for r in raw)  # views of the received bytes, not copies
-    parsed = inference_pb2.ModelInferRequest.FromString(rest)
-    assert parsed.model_name == "m" and parsed.inputs[0].name == "A" and not parsed.raw_input_contents
-    with pytest.raises(ValueError):
-        split_raw_inputs(b"\x3a\x10abc")  # an entry longer than the message

@@ -19,9 +19,11 @@
 #include "memory/default_resources.h"
 #include "memory/host_resource.h"
 #include "memory/pool_resource.h"
+#include "protocol/infer_codec.h"
 #include "python/completion_queue.h"
 #include "python/dlpack.h"
 #include "python/py_backend.h"
+#include "python/py_protocol.h"
 #include "python/py_tensor.h"
 
 namespace py = pybind11;
@@ -139,6 +141,43 @@ py::object outputs_of(const RequestState& s, bool as_numpy) {
     out[py::str(o.name)] = as_numpy ? py::object(tensor_to_numpy(o.tensor)) : py::cast(o.tensor);
   }
   return out;
+}
+
+// The completed request's outputs as one serialized ModelInferResponse (Note [Native request
+// path]); raises the request's error. A response over `limit` bytes is RESOURCE_EXHAUSTED.
+py::bytes encode_response(const RequestState& s, const std::string& where, const std::string& model_name,
+                          const std::string& model_version, const std::string& id, bool streamed, size_t limit) {
+  MS_EXPECTS(s.done(), kInvalidArgument, "request ", s.id, " has not completed; wait() first");
+  const Response& r = s.response();
+  if (!r.status.is_ok()) raise_status(r.status);
+  const TensorList* outputs = &r.outputs;
+  TensorList host;  // host copies of outputs a backend left in device memory
+  for (const auto& o : r.outputs) {
+    if (!o.tensor.device().host_accessible()) {
+      for (const auto& p : r.outputs) {
+        host.push_back({p.name, p.tensor.device().host_accessible() ? p.tensor : copy_to(p.tensor, host_pool())});
+      }
+      outputs = &host;
+      break;
+    }
+  }
+  const protocol::ResponseHead head{model_name, model_version, id, streamed, streamed};
+  const size_t size = protocol::infer_response_size(head, *outputs);
+  const size_t message = streamed ? protocol::infer_response_size({model_name, model_version, id, true, false}, *outputs)
+                                  : size;
+  MS_EXPECTS(message <= limit, kResourceExhausted, "the response of ", where, " is ", message,
+             " bytes, more than the server's send limit of ", limit,
+             " bytes; start the server with a larger --max-message-bytes, or ask for fewer outputs or a smaller batch");
+  PyObject* bytes = PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(size));
+  if (!bytes) throw py::error_already_set();
+  auto* out = reinterpret_cast<uint8_t*>(PyBytes_AS_STRING(bytes));
+  if (size > (size_t(64) << 10)) {  // large outputs: copy without the GIL (nothing else sees `bytes` yet)
+    py::gil_scoped_release release;
+    protocol::write_infer_response(head, *outputs, out);
+  } else {
+    protocol::write_infer_response(head, *outputs, out);
+  }
+  return py::reinterpret_steal<py::bytes>(bytes);
 }
 
 }  // namespace
@@ -355,7 +394,10 @@ PYBIND11_MODULE(_core, m) {
                              [](RequestState& s) { return static_cast<int>(s.response().status.code); })
       .def_property_readonly("message", [](RequestState& s) { return s.response().status.message; })
       .def_property_readonly("batch_size", [](RequestState& s) { return s.response().batch_size; })
-      .def_property_readonly("timings", [](RequestState& s) { return timings_dict(s.response().timings); });
+      .def_property_readonly("timings", [](RequestState& s) { return timings_dict(s.response().timings); })
+      .def("encode_response", &encode_response, py::arg("where"), py::arg("model_name"), py::arg("model_version"),
+           py::arg("id"), py::arg("streamed"), py::arg("limit"),
+           "the outputs as a serialized ModelInferResponse (ModelStreamInferResponse when streamed)");
 
   // --- models ---
   py::class_<PyModel>(m, "Model")
@@ -403,6 +445,29 @@ PYBIND11_MODULE(_core, m) {
           },
           py::arg("inputs"), py::kw_only(), py::arg("outputs") = std::vector<std::string>{}, py::arg("priority") = 0,
           py::arg("timeout_us") = 0, py::arg("queue") = nullptr, py::arg("tag") = 0)
+      .def(
+          "submit_parsed",
+          [](PyModel& self, const py::handle& parsed, const std::string& where, uint32_t priority, int64_t timeout_us,
+             std::shared_ptr<CompletionQueue> queue, int64_t tag) {
+            release_python_owners();
+            std::shared_ptr<Buffer> bytes;
+            const protocol::InferRequest& r = parsed_request_of(parsed, bytes);
+            auto request = std::make_unique<Request>();
+            request->inputs = protocol::decode_inputs(r, bytes, where, host_pool());
+            request->requested_outputs = protocol::requested_output_names(r, where);
+            request->priority = priority;
+            request->timeout_us = timeout_us;
+            auto state = std::make_shared<RequestState>();
+            state->tag = tag;
+            state->queue = std::move(queue);
+            state->model = self.get();
+            request->completion = [state](Response&& resp) { state->complete(std::move(resp)); };
+            state->id = self.get()->submit(request);
+            return state;
+          },
+          py::arg("request"), py::arg("where"), py::kw_only(), py::arg("priority") = 0, py::arg("timeout_us") = 0,
+          py::arg("queue") = nullptr, py::arg("tag") = 0,
+          "decodes, checks and enqueues a _core.protocol.ParsedInferRequest (Note [Native request path])")
       .def("set_instance_count", [](PyModel& self, int n) { self.get()->set_instance_count(n); },
            py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("instance_count", [](PyModel& self) { return self.get()->instance_count(); })

@@ -10,6 +10,8 @@
 #include <memory>
 
 #include "protocol/infer_request.h"
+#include "python/py_protocol.h"
+#include "python/py_tensor.h"
 
 namespace py = pybind11;
 
@@ -110,6 +112,18 @@ class ParsedInferRequest {
   }
 
   const InferRequest& request() const { return request_; }
+  const py::object& owner() const { return owner_; }
+
+  // A Buffer over the parsed bytes for the tensors that view them (raw inputs): its owner is a
+  // memoryview of the request's object, which holds the buffer export as long as the Buffer lives,
+  // even past this object.
+  const std::shared_ptr<Buffer>& buffer() const {
+    if (!buffer_) {
+      buffer_ = Buffer::wrap(const_cast<uint8_t*>(data_), size_, Device::cpu(), python_owner(py::memoryview(owner_)),
+                             /*read_only=*/true);
+    }
+    return buffer_;
+  }
 
   size_t offset(ByteView v) const { return static_cast<size_t>(v.data - data_); }
 
@@ -190,12 +204,21 @@ class ParsedInferRequest {
   py::object owner_;
   std::unique_ptr<py::buffer_info> view_;  // holds the buffer export: the bytes cannot move
   mutable py::object memoryview_;          // of owner_, for zero-copy slices
+  mutable std::shared_ptr<Buffer> buffer_;  // made on first use (buffer())
   const uint8_t* data_ = nullptr;
   size_t size_ = 0;
   InferRequest request_;
 };
 
 }  // namespace
+
+const InferRequest& parsed_request_of(const py::handle& obj, std::shared_ptr<Buffer>& bytes) {
+  MS_EXPECTS(py::isinstance<ParsedInferRequest>(obj), kInvalidArgument, "expected a ParsedInferRequest, got ",
+             Py_TYPE(obj.ptr())->tp_name);
+  const auto& parsed = obj.cast<const ParsedInferRequest&>();
+  bytes = parsed.buffer();
+  return parsed.request();
+}
 
 void bind_protocol(py::module_& m) {
   py::module_ p = m.def_submodule("protocol", "the native ModelInferRequest parser");
@@ -212,6 +235,7 @@ void bind_protocol(py::module_& m) {
                              [](const ParsedInferRequest& r) { return r.request().raw_input_contents.size(); })
       .def_property_readonly("buffer_address", &ParsedInferRequest::buffer_address)
       .def_property_readonly("buffer_size", &ParsedInferRequest::buffer_size)
+      .def_property_readonly("buffer", &ParsedInferRequest::owner, "the object whose bytes were parsed")
       .def("raw", &ParsedInferRequest::raw, py::arg("i"),
            "raw_input_contents[i] as a memoryview into the parsed buffer (no copy)")
       .def("raw_address", &ParsedInferRequest::raw_address, py::arg("i"))

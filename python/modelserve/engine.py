@@ -85,13 +85,19 @@ class AsyncRequest:
         self._tag = tag
 
     async def outputs(self, as_numpy: bool = True) -> dict[str, Any]:
+        await self.done()
+        return self.pending.outputs(as_numpy=as_numpy)
+
+    async def done(self) -> Any:
+        """Waits until the request has completed; returns its ``Pending`` (which raises the
+        request's error from ``outputs()`` or ``encode_response()``)."""
         try:
             await self._future
         except asyncio.CancelledError:
             self._completions.futures.pop(self._tag, None)
             self.pending.cancel()
             raise
-        return self.pending.outputs(as_numpy=as_numpy)
+        return self.pending
 
 
 # Engines still open when the interpreter exits are shut down by an atexit hook, while Python is
@@ -194,6 +200,25 @@ class ModelEngine:
                 timeout_us=timeout_us,
                 queue=completions.queue,
                 tag=tag,
+            )
+        except BaseException:
+            completions.futures.pop(tag, None)
+            raise
+        return AsyncRequest(pending, future, completions, tag)
+
+    def submit_parsed_async(self, request: Any, where: str, *, priority: int = 0, timeout_us: int = 0) -> "AsyncRequest":
+        """Enqueues a parsed ModelInferRequest (``_core.protocol.parse``) from a running event
+        loop: the core decodes its inputs (raw ones as views of the request's bytes) and requested
+        outputs, checks them and enqueues, all without Python objects per tensor (Note [Native
+        request path] in csrc/protocol/infer_codec.h). ``where`` starts every error message."""
+        loop = asyncio.get_running_loop()
+        completions = _LoopCompletions.of(loop)
+        tag = next(completions.tags)
+        future = loop.create_future()
+        completions.futures[tag] = future
+        try:
+            pending = self._model.submit_parsed(
+                request, where, priority=priority, timeout_us=timeout_us, queue=completions.queue, tag=tag
             )
         except BaseException:
             completions.futures.pop(tag, None)

@@ -27,7 +27,7 @@ import numpy as np
 from . import settings as _settings
 from .admission import with_retry_hint
 from .autoscale import AutoscaleController
-from .errors import ModelserveError, NotFoundError, ResourceExhaustedError
+from .errors import ModelserveError, NotFoundError, ResourceExhaustedError, from_status
 from .memory_budget import MemoryBudget
 from .repository import ModelRepository
 from .repository.repository import ControlMode
@@ -221,6 +221,44 @@ class Runtime:
 
         return Served(*await self.traffic.run_routed(model, version, inputs, routing, run))
 
+    #: The gRPC frontend may hand requests over parsed (``infer_parsed_async``).
+    native_requests = True
+
+    async def infer_parsed_async(
+        self,
+        model: str,
+        request: Any,
+        where: str,
+        *,
+        version: Version = None,
+        priority: int = 0,
+        timeout_us: int = 0,
+        routing: Mapping[str, Any] | None = None,
+    ) -> tuple[Any, str, int]:
+        """One parsed ModelInferRequest (``_core.protocol.parse``) where it belongs: returns its
+        completed ``Pending``, the model and the version number that ran. The core decodes and
+        checks its tensors (Note [Native request path]); nothing of it becomes a Python object,
+        so an endpoint whose policy mirrors to shadows (which need the tensors) is for
+        :meth:`infer_routed_async` instead: see :meth:`mirrors`."""
+        async def run(target: str, target_version: Version) -> tuple[Any, int]:
+            with self.repository.get(target).route(target_version) as mv:
+                queued = _submit_parsed(mv, request, where, priority, timeout_us)
+            pending = await queued.done()
+            if pending.status_code:
+                raise from_status(pending.status_code, pending.message)
+            return pending, mv.version
+
+        pending, target, number = await self.traffic.run_routed(model, version, None, routing, run)
+        return pending, target, number
+
+    def mirrors(self, model: str, version: Version = None) -> bool:
+        """Whether a request for (model, version) may be mirrored to shadows (which needs its
+        tensors as Python objects)."""
+        if version is not None:
+            return False
+        endpoint = self.traffic.active.get(model)
+        return endpoint is not None and bool(endpoint.shadows)
+
     def run_batch(self, model: str, input: str | Path, output: str | Path, **options: Any) -> Any:
         """Scores the dataset file ``input`` with ``model`` and writes ``output`` (npy, npz,
         Parquet, JSON Lines or CSV), streaming, resumable; returns a ``BatchResult``. The options
@@ -371,6 +409,14 @@ class Runtime:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _submit_parsed(mv: Any, request: Any, where: str, priority: int, timeout_us: int) -> Any:
+    """_submit for a parsed request."""
+    try:
+        return mv.engine.submit_parsed_async(request, where, priority=priority, timeout_us=timeout_us)
+    except ResourceExhaustedError as e:
+        raise with_retry_hint(e, mv)
 
 
 def _submit(mv: Any, submit: Callable[..., Any], inputs: Any, outputs: Any, priority: int, timeout_us: int) -> Any:

@@ -27,13 +27,18 @@ Message size (``ServerOptions.max_message_bytes``, ``--max-message-bytes``, defa
     server's send limit, the size); gRPC's own send limit is set to ours as a backstop for the
     other responses.
 
-Zero copies.
-    ``raw_input_contents`` are not copied out of the request: the deserializer finds them in the
-    message's bytes and hands memoryviews of them to the tensors (the rest of the message, a few
-    hundred bytes, goes through protobuf). Outputs are written into the response bytes straight
-    from the tensors' buffers: the response is protobuf's encoding of everything but
-    ``raw_output_contents`` followed by those entries, joined once (one copy, the one into the
-    response that DESIGN.md allows).
+The native request path (Note [Native request path] in csrc/protocol/infer_codec.h).
+    ModelInfer and ModelStreamInfer take the request's serialized bytes: the core parses them
+    (``_core.protocol.parse``: every field, unknown ones skipped as protobuf does, a wire-format
+    error named by field path and byte), Python reads only the model, version and parameters to
+    apply the request options and the traffic policy, and the routed version's engine decodes,
+    checks and enqueues the rest in one native call: raw inputs stay views of the request's bytes,
+    typed contents are decoded into pooled buffers through the value rules. The core encodes the
+    response into the one bytes object gRPC sends (one copy of each output). A request that a
+    shadow may mirror (its outputs are compared) takes the Python way with protobuf objects and
+    Python tensors (``_infer_decoded``), as do requests through Ray's ingress; both give the same
+    answers. The checks, their order and their messages are recorded in
+    tests/data/bad_infer_requests.json and replayed by tests/test_grpc_corpus.py.
 
 Versions.
     ``model_version`` "" means the model's default version; numbers and labels are passed to the
@@ -105,6 +110,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from .._native import core as _core
 from .._proto import inference_pb2 as pb
 from .._version import __version__
 from ..admission import RETRY_PUSHBACK_KEY
@@ -148,6 +154,9 @@ WIRE_DTYPES = {
     "fp32_contents": np.dtype(np.float32), "fp64_contents": np.dtype(np.float64),
 }
 
+#: The native ModelInferRequest parser (csrc/protocol/).
+_protocol = _core.protocol
+
 # --- wire helpers -----------------------------------------------------------------------------
 
 
@@ -161,17 +170,6 @@ class _Refused:
     def __init__(self, error: ModelserveError, request_id: str = "") -> None:
         self.error = error
         self.id = request_id
-
-
-class _InferCall:
-    """A decoded ModelInferRequest: the message without its ``raw_input_contents``, and those as
-    memoryviews of the received bytes."""
-
-    __slots__ = ("request", "raw")
-
-    def __init__(self, request: Any, raw: list[memoryview]) -> None:
-        self.request = request
-        self.raw = raw
 
 
 class _InferReply:
@@ -239,25 +237,6 @@ def _fields(view: memoryview) -> Iterator[tuple[int, int, int, int]]:
         yield key >> 3, start, begin, end
 
 
-def split_raw_inputs(data: bytes) -> tuple[bytes, list[memoryview]]:
-    """Splits a serialized ModelInferRequest into the message without field 7
-    (``raw_input_contents``) and memoryviews of field 7's entries, in order (top-level fields
-    only; protobuf parses the rest). Raises ValueError on bytes that are not protobuf."""
-    view = memoryview(data)
-    raw: list[memoryview] = []
-    rest: list[memoryview] = []
-    kept = 0
-    for number, start, begin, end in _fields(view):
-        if number == 7 and begin >= 0:
-            rest.append(view[kept:start])
-            raw.append(view[begin:end])
-            kept = end
-    if not raw:
-        return data, raw
-    rest.append(view[kept:])
-    return b"".join(rest), raw
-
-
 def _describe_refused(data: bytes) -> tuple[str, str]:
     """For the error about a request that is not decoded (too large): the model it names (field 1)
     and its id (field 3), from its top-level fields, or "" where they cannot be read."""
@@ -319,14 +298,14 @@ class _Routing:
     """Where a traffic policy's sticky key is looked up: the request's parameters, then the
     call's metadata (lower-case keys, as gRPC sends them). Read only for models with a policy."""
 
-    __slots__ = ("request", "context")
+    __slots__ = ("parameters", "context")
 
-    def __init__(self, request: Any, context: Any) -> None:
-        self.request, self.context = request, context
+    def __init__(self, parameters: dict[str, Any], context: Any) -> None:
+        self.parameters, self.context = parameters, context
 
     def get(self, key: str) -> Any:
-        if key in self.request.parameters:
-            return _parameter_value(self.request.parameters[key])
+        if key in self.parameters:
+            return self.parameters[key]
         return _metadata(self.context, key.lower()) if self.context is not None else None
 
 
@@ -470,16 +449,15 @@ class GrpcFrontend:
 
         return decode
 
-    def _decode_infer(self, data: bytes) -> _InferCall | _Refused:
+    def _decode_infer(self, data: bytes) -> Any:
         limit = self.options.max_message_bytes
         if len(data) > limit:
             model, request_id = _describe_refused(data)
             what = f"ModelInferRequest for model '{model}'" if model else "ModelInferRequest"
             return _Refused(_size_error(what, len(data), limit), request_id)
         try:
-            rest, raw = split_raw_inputs(data)
-            return _InferCall(pb.ModelInferRequest.FromString(rest), raw)
-        except Exception as e:
+            return _protocol.parse(data)  # Note [Native request path] in csrc/protocol/infer_codec.h
+        except InvalidArgumentError as e:
             return _Refused(InvalidArgumentError(f"ModelInferRequest is not a valid protobuf message: {e}"))
 
     def _authorize(self, context: grpc.aio.ServicerContext, level: str, what: str) -> None:
@@ -627,7 +605,7 @@ class GrpcFrontend:
         return refuse
 
     # --- inference ------------------------------------------------------------------------------
-    async def _model_infer(self, call: _InferCall | _Refused, context: grpc.aio.ServicerContext) -> Any:
+    async def _model_infer(self, call: Any, context: grpc.aio.ServicerContext) -> Any:
         trailers: tuple[tuple[str, str], ...] = ()
         try:
             self._authorize(context, "inference", "ModelInfer")
@@ -655,8 +633,8 @@ class GrpcFrontend:
         running: set[asyncio.Task] = set()
         end = object()
 
-        async def answer(call: _InferCall | _Refused) -> None:
-            request_id = call.request.id if isinstance(call, _InferCall) else call.id
+        async def answer(call: Any) -> None:
+            request_id = call.id
             try:
                 self.health.check_accepting()
                 if isinstance(call, _Refused):
@@ -697,7 +675,7 @@ class GrpcFrontend:
         try:
             while (item := await replies.get()) is not end:
                 try:
-                    if isinstance(item, _InferReply):
+                    if isinstance(item, (bytes, _InferReply)):
                         await context.write(item)
                         continue
                     code, message, request_id = item
@@ -716,27 +694,46 @@ class GrpcFrontend:
             await context.abort(*failure)
 
     async def _infer(
-        self, call: _InferCall, time_remaining: float | None, streamed: bool = False, context: Any = None
-    ) -> _InferReply:
-        request = call.request
-        model = request.model_name
+        self, call: Any, time_remaining: float | None, streamed: bool = False, context: Any = None
+    ) -> bytes | _InferReply:
+        """One parsed ModelInferRequest (``_core.protocol.parse``): the core decodes, checks and
+        enqueues it and encodes the response (Note [Native request path]); Python reads only the
+        model, version and parameters. A request that a shadow may mirror, or a runtime that takes
+        no parsed requests (Ray's ingress), goes the Python way (:meth:`_infer_decoded`)."""
+        model = call.model_name
         _check_model_name(model)
-        requested = request.model_version or None
+        requested = call.model_version or None
         version = self.runtime.resolve_version(model, requested)  # unknown models and versions first
         where = _where(model, version)
-        options = self._request_options(request, where, time_remaining)
-        inputs = self._decode_inputs(request, call.raw, where)
-        outputs = self._requested_outputs(request, where)
+        parameters = call.parameters
+        options = self._request_options(parameters, where, time_remaining)
+        routing = _Routing(parameters, context)
+        if not self.runtime.native_requests or self.runtime.mirrors(model, requested):
+            return await self._infer_decoded(call, model, requested, where, options, routing, streamed)
         # A traffic policy may choose another version (or model) for a request that names none:
         # the response reports the version that ran.
+        pending, _, number = await self.runtime.infer_parsed_async(
+            model, call, where, version=requested, routing=routing, **options
+        )
+        return pending.encode_response(
+            _where(model, number), model, str(number), call.id, streamed, self.options.max_message_bytes
+        )
+
+    async def _infer_decoded(
+        self, call: Any, model: str, requested: str | None, where: str, options: dict[str, int], routing: Any,
+        streamed: bool,
+    ) -> _InferReply:
+        """The request as protobuf objects and Python tensors: for shadows, which compare the
+        outputs, and for Ray's ingress. The checks and messages are the core's."""
+        request = pb.ModelInferRequest.FromString(call.buffer)
+        inputs = self._decode_inputs(request, [memoryview(b) for b in request.raw_input_contents], where)
+        outputs = self._requested_outputs(request, where)
         served = await self.runtime.infer_routed_async(
-            model, inputs, version=requested, outputs=outputs or None, as_numpy=False,
-            routing=_Routing(request, context), **options
+            model, inputs, version=requested, outputs=outputs or None, as_numpy=False, routing=routing, **options
         )
         return self._encode(request, model, served.version, served.outputs, outputs, streamed)
 
-    def _request_options(self, request: Any, where: str, time_remaining: float | None) -> dict[str, int]:
-        parameters = {k: _parameter_value(p) for k, p in request.parameters.items()}
+    def _request_options(self, parameters: dict[str, Any], where: str, time_remaining: float | None) -> dict[str, int]:
         deadline_us = int(time_remaining * 1e6) if time_remaining is not None else None
         return request_options(parameters, where, deadline_us)
 
@@ -816,6 +813,8 @@ class GrpcFrontend:
 
 
 def _serialize(message: Any) -> bytes:
+    if isinstance(message, bytes):  # encoded by the core (Note [Native request path])
+        return message
     if isinstance(message, _InferReply):
         return b"".join(message.parts())
     return message.SerializeToString()
@@ -823,6 +822,8 @@ def _serialize(message: Any) -> bytes:
 
 def _serialize_stream(message: Any) -> bytes:
     """ModelStreamInferResponse: field 2 (``infer_response``) holds the reply's bytes."""
+    if isinstance(message, bytes):  # the core wrapped it already (encode_response(streamed=True))
+        return message
     if isinstance(message, _InferReply):
         parts = message.parts()
         return b"".join([b"\x12", _varint(sum(len(p) for p in parts)), *parts])

@@ -1,0 +1,224 @@
+"""The native request path (Note [Native request path] in csrc/protocol/infer_codec.h): a parsed
+ModelInferRequest decoded, checked and enqueued by the core, and the response encoded by it.
+
+Proven against references: the encoder against protobuf's serializer, the typed-contents decoder
+against the Python value rules (server/common.py, Note [Value rules]) it replaces on gRPC."""
+
+import asyncio
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from modelserve import ModelEngine, errors
+from modelserve._native import core
+from modelserve._proto import inference_pb2 as pb
+from modelserve.server.common import tensor_from_values
+from modelserve.server.grpc import TYPED_FIELD, WIRE_DTYPES
+
+WHERE = "model 'm' version 1"
+SETTINGS = settings(max_examples=150, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+class Echo:
+    """Returns each input under its own name (or the outputs it was built with), and records the
+    address of every input it saw."""
+
+    def __init__(self, outputs=None):
+        self.outputs = outputs
+        self.addresses = {}
+
+    def execute(self, inputs):
+        for name, x in inputs.items():
+            if x.dtype != object:
+                self.addresses[name] = x.ctypes.data
+        return self.outputs if self.outputs is not None else dict(inputs)
+
+
+@pytest.fixture(scope="module")
+def loop():
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+def run(loop, engine, data):
+    """Parses `data`, submits it to `engine` natively and returns (parsed, completed Pending)."""
+    async def go():
+        parsed = core.protocol.parse(data)
+        queued = engine.submit_parsed_async(parsed, WHERE)
+        return parsed, await queued.done()
+
+    return loop.run_until_complete(go())
+
+
+def request(*inputs, raw=None, model="m", request_id=""):
+    r = pb.ModelInferRequest(model_name=model, id=request_id)
+    for name, datatype, shape, contents in inputs:
+        t = r.inputs.add(name=name, datatype=datatype, shape=shape)
+        if contents is not None:
+            field, values = contents
+            getattr(t.contents, field).extend(values)
+    if raw is not None:
+        r.raw_input_contents.extend(raw)
+    return r.SerializeToString()
+
+
+# --- the encoder against protobuf ------------------------------------------------------------------
+
+NUMERIC = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64"]
+
+
+@st.composite
+def outputs(draw):
+    out = {}
+    for i in range(draw(st.integers(0, 3))):
+        datatype = draw(st.sampled_from(NUMERIC + ["BYTES"]))
+        shape = [draw(st.integers(1, 3))] + draw(st.lists(st.integers(0, 4), max_size=2))
+        count = int(np.prod(shape))
+        if datatype == "BYTES":
+            items = draw(st.lists(st.binary(max_size=6), min_size=count, max_size=count))
+            array = np.array(items + [b""], dtype=object)[:count].reshape(shape)
+        else:
+            dtype = np.dtype(datatype.lower().replace("fp", "float").replace("bool", "bool_"))
+            array = np.frombuffer(draw(st.binary(min_size=count * dtype.itemsize, max_size=count * dtype.itemsize)),
+                                  dtype=np.uint8).view(dtype).reshape(shape)
+            if datatype == "BOOL":
+                array = array.view(np.uint8) % 2 == 1
+        out[f"OUT{i}" + draw(st.sampled_from(["", "é", "_x"]))] = array
+    return out
+
+
+def expected_response(name, version, request_id, arrays, streamed):
+    ref = pb.ModelInferResponse(model_name=name, model_version=version, id=request_id)
+    if streamed:
+        ref.parameters["triton_final_response"].bool_param = True
+    for key, array in arrays.items():
+        datatype = "BYTES" if array.dtype == object else next(
+            d for d in NUMERIC if np.dtype(d.lower().replace("fp", "float").replace("bool", "bool_")) == array.dtype)
+        ref.outputs.add(name=key, datatype=datatype, shape=list(array.shape))
+        if array.dtype == object:
+            ref.raw_output_contents.append(b"".join(len(b).to_bytes(4, "little") + b for b in array.ravel()))
+        else:
+            ref.raw_output_contents.append(np.ascontiguousarray(array).tobytes())
+    if streamed:
+        return pb.ModelStreamInferResponse(infer_response=ref).SerializeToString()
+    return ref.SerializeToString()
+
+
+@SETTINGS
+@given(arrays=outputs(), request_id=st.text(max_size=8), version=st.sampled_from(["1", "42"]), streamed=st.booleans())
+def test_the_encoded_response_is_the_bytes_protobuf_serializes(loop, arrays, request_id, version, streamed):
+    with ModelEngine("m", Echo(arrays), max_batch_size=0) as engine:
+        _, pending = run(loop, engine, request(("X", "FP32", [1], ("fp32_contents", [1.0]))))
+        got = pending.encode_response(WHERE, "m", version, request_id, streamed, 1 << 30)
+    assert got == expected_response("m", version, request_id, arrays, streamed)
+
+
+def test_a_response_over_the_send_limit_is_refused_with_its_size(loop):
+    with ModelEngine("m", Echo({"Y": np.zeros(100, np.float32)}), max_batch_size=0) as engine:
+        _, pending = run(loop, engine, request(("X", "FP32", [1], ("fp32_contents", [1.0]))))
+        with pytest.raises(errors.ResourceExhaustedError,
+                           match=r"the response of model 'm' version 1 is 4\d\d bytes, more than the server's send limit of 100"):
+            pending.encode_response(WHERE, "m", "1", "", False, 100)
+
+
+def test_a_failed_request_raises_its_error_from_encode_response(loop):
+    class Broken:
+        def execute(self, inputs):
+            raise ValueError("broken model")
+
+    with ModelEngine("m", Broken(), max_batch_size=0) as engine:
+        _, pending = run(loop, engine, request(("X", "FP32", [1], ("fp32_contents", [1.0]))))
+        with pytest.raises(errors.InternalError, match="broken model"):
+            pending.encode_response(WHERE, "m", "1", "", False, 1 << 20)
+
+
+# --- raw inputs are views of the request ---------------------------------------------------------
+
+
+def test_a_raw_inputs_data_lies_inside_the_requests_buffer(loop):
+    backend = Echo()
+    x = np.arange(64, dtype=np.float32).reshape(1, 64)
+    data = request(("X", "FP32", [1, 64], None), ("B", "INT64", [1, 2], None),
+                   raw=[x.tobytes(), np.array([[7, 8]], np.int64).tobytes()])
+    with ModelEngine("m", backend, max_batch_size=8) as engine:
+        parsed, pending = run(loop, engine, data)
+        out = pending.outputs()
+    lo, hi = parsed.buffer_address, parsed.buffer_address + parsed.buffer_size
+    assert lo <= backend.addresses["X"] and backend.addresses["X"] + x.nbytes <= hi
+    assert backend.addresses["X"] == parsed.raw_address(0)  # the very bytes, not a copy
+    np.testing.assert_array_equal(out["X"], x)
+    np.testing.assert_array_equal(out["B"], [[7, 8]])
+
+
+# --- typed contents against the Python value rules -----------------------------------------------
+
+LIMITS = {"int_contents": (-(2**31), 2**31 - 1), "uint_contents": (0, 2**32 - 1), "int64_contents": (-(2**63), 2**63 - 1),
+          "uint64_contents": (0, 2**64 - 1)}
+
+
+@st.composite
+def typed_inputs(draw):
+    datatype = draw(st.sampled_from([d for d in TYPED_FIELD if d != "BYTES"] + ["BYTES"]))
+    field = TYPED_FIELD[datatype]
+    count = draw(st.integers(0, 6))
+    if field in LIMITS:
+        lo, hi = LIMITS[field]
+        edge = st.sampled_from([lo, hi, 0, 1, -1, 127, 128, 255, 256, -128, -129, 32767, 32768, 65535, 65536,
+                                -32768, -32769, 2**31 - 1, 2**31, 2**32 - 1])
+        values = draw(st.lists(st.one_of(st.integers(lo, hi), edge.filter(lambda v: lo <= v <= hi)),
+                               min_size=count, max_size=count))
+    elif field == "bool_contents":
+        values = draw(st.lists(st.booleans(), min_size=count, max_size=count))
+    elif field == "bytes_contents":
+        values = draw(st.lists(st.binary(max_size=5), min_size=count, max_size=count))
+    else:
+        width = 32 if field == "fp32_contents" else 64
+        values = draw(st.lists(st.floats(width=width), min_size=count, max_size=count))
+    shape = draw(st.sampled_from([[count], [1, count], [count, 1]] + ([] if count else [[2, 0]])))
+    return datatype, field, values, shape
+
+
+def python_verdict(datatype, field, values, shape):
+    """What the Python path made of these typed contents: the array, or the error message."""
+    if field in WIRE_DTYPES:
+        values = np.fromiter(values, WIRE_DTYPES[field], len(values))
+    try:
+        return tensor_from_values("X", datatype, shape, values).numpy()
+    except errors.InvalidArgumentError as e:
+        return f"{WHERE}: {e}"
+
+
+@SETTINGS
+@given(case=typed_inputs())
+def test_typed_contents_decode_as_the_python_value_rules_did(loop, case):
+    datatype, field, values, shape = case
+    expected = python_verdict(datatype, field, values, shape)
+    with ModelEngine("m", Echo(), max_batch_size=0) as engine:
+        try:
+            _, pending = run(loop, engine, request(("X", datatype, shape, (field, values))))
+            got = pending.outputs()["X"]
+        except errors.InvalidArgumentError as e:
+            got = str(e)
+    if isinstance(expected, str):
+        assert got == expected
+    else:
+        assert not isinstance(got, str), got
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("datatype, field, values, message", [
+    ("UINT8", "uint_contents", [1, 300], "element 1 is 300, expected an integer in [0, 255] for UINT8"),
+    ("INT8", "int_contents", [-129], "element 0 is -129, expected an integer in [-128, 127] for INT8"),
+    ("UINT16", "uint_contents", [65536], "element 0 is 65536, expected an integer in [0, 65535] for UINT16"),
+    ("INT16", "int_contents", [0, 0, 40000], "element 2 is 40000, expected an integer in [-32768, 32767] for INT16"),
+])
+def test_a_typed_value_out_of_range_is_refused_naming_the_element(loop, datatype, field, values, message):
+    with ModelEngine("m", Echo(), max_batch_size=0) as engine:
+        with pytest.raises(errors.InvalidArgumentError) as info:
+            run(loop, engine, request(("X", datatype, [len(values)], (field, values))))
+    assert str(info.value) == f"{WHERE}: input 'X': {message}"
