@@ -162,6 +162,34 @@ def test_http_requests_are_mirrored_to_a_shadow_and_compared(clean):
     assert shadow["comparison"]["mean_abs_diff"] == 1.0
 
 
+
+def test_grpc_requests_are_mirrored_to_a_shadow_and_compared(clean):
+    # A shadowed endpoint takes the gRPC frontend's Python way (the comparison needs outputs).
+    call(clean, "PUT", "/v2/models/m/traffic", {**split((1, 100)), "shadows": [{"version": 2, "percent": 100}]})
+    with grpcclient.InferenceServerClient(f"127.0.0.1:{clean.grpc_port}") as c:
+        assert {grpc_infer(c) for _ in range(10)} == {(1, 1)}
+    deadline = time.monotonic() + 30
+    while True:
+        (shadow,) = call(clean, "GET", "/v2/models/m/traffic/readout")[1]["shadows"]
+        if shadow["comparison"]["requests"] >= 10 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert shadow["target"] == "2" and shadow["comparison"]["mean_abs_diff"] == 1.0
+
+
+def test_grpc_requests_follow_a_split_on_the_native_path_and_are_counted(clean):
+    call(clean, "PUT", "/v2/models/m/traffic", split((1, 50), (2, 50)))
+
+    def counted():
+        rows = call(clean, "GET", "/v2/models/m/traffic/readout")[1]["targets"]
+        return sum(r["requests"] for r in rows if r["target"] in ("1", "2"))
+
+    before = counted()  # targets keep their statistics across policy changes
+    with grpcclient.InferenceServerClient(f"127.0.0.1:{clean.grpc_port}") as c:
+        answers = {grpc_infer(c) for _ in range(60)}
+    assert answers == {(1, 1), (2, 2)}  # P(one version only) = 2**-59
+    assert counted() - before == 60
+
 def test_http_rollout_rolls_back_a_failing_candidate_on_its_own(clean):
     spec = {"candidate": {"version": 3}, "steps": [50, 100], "step_interval_s": 60, "min_requests": 5}
     status, body = call(clean, "POST", "/v2/models/m/rollout", spec, {"X-Modelserve-Actor": "ci"})
