@@ -539,20 +539,33 @@ async def _until_disconnect(receive: Callable[[], Any]) -> None:
 
 
 async def _cancel_on_disconnect(coro: Any, receive: Callable[[], Any]) -> Any:
-    """Awaits ``coro`` (the request body already read); cancels it and raises ClientDisconnect
-    if the client goes away first (Note [Client disconnects])."""
-    work = asyncio.ensure_future(coro)
+    """Awaits ``coro`` (the request body already read) in the handler's own task; cancels it and
+    raises ClientDisconnect if the client goes away first (Note [Client disconnects]). One task
+    watches ``receive()``; the inference itself needs none."""
+    handler = asyncio.current_task()
+    assert handler is not None
+    state = {"active": True, "gone": False}
+
+    def disconnected(watch: asyncio.Future) -> None:
+        # Scheduled when the watch ends; the handler may have moved on by then (active False).
+        if state["active"] and not watch.cancelled() and watch.exception() is None:
+            state["gone"] = True
+            handler.cancel()
+
     watch = asyncio.ensure_future(_until_disconnect(receive))
+    watch.add_done_callback(disconnected)
     try:
-        await asyncio.wait((work, watch), return_when=asyncio.FIRST_COMPLETED)
+        return await coro
+    except asyncio.CancelledError:
+        if not state["gone"]:
+            raise  # uvicorn's stop(): _endpoint answers 503
+        uncancel = getattr(handler, "uncancel", None)  # Python 3.11+: this cancel is handled here
+        if uncancel is not None:
+            uncancel()
+        raise ClientDisconnect() from None
     finally:
+        state["active"] = False
         watch.cancel()
-        if not work.done():
-            work.cancel()  # the client is gone, or this handler itself is being cancelled
-    if not work.done() or work.cancelled():
-        await asyncio.wait((work,))
-        raise ClientDisconnect()
-    return work.result()
 
 
 class _Api:
