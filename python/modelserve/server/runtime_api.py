@@ -16,9 +16,9 @@ Not in it, on purpose:
 * Lifecycle (``start``, ``close``, ``unready_models``) is the server's (``server/app.py``),
   which builds a ``Runtime`` itself.
 * The native request path (``Runtime.infer_parsed_async`` and ``mirrors``): a capability, not
-  part of the interface. The gRPC frontend calls them only on a runtime whose
-  ``native_requests`` is True; the Ray ingress's catalog answers False (its replicas keep the
-  Python path, :meth:`infer_routed_async`).
+  part of the interface; a runtime says it has it with ``native_requests`` (to be listed here
+  once the gRPC frontend reads it). The Ray ingress's catalog answers False: its replicas keep
+  the Python path (:meth:`infer_routed_async`).
 """
 
 from __future__ import annotations
@@ -43,8 +43,6 @@ class ServingRuntime(Protocol):
 
     #: Traffic policies, rollouts, labels and the audit log (the traffic services and metrics).
     traffic: TrafficManager
-    #: Whether the gRPC frontend may hand it parsed requests (``infer_parsed_async``, ``mirrors``).
-    native_requests: bool
 
     # --- health ------------------------------------------------------------------------------
     def live(self) -> bool: ...
