@@ -595,6 +595,25 @@ def test_unknown_routes_and_wrong_methods_answer_json(main):
     assert status == 405 and "GET" in message
 
 
+
+def test_an_infer_request_is_routed_without_trying_the_route_patterns(main, monkeypatch):
+    from starlette.routing import Route
+
+    tried = []
+    original = Route.matches
+    monkeypatch.setattr(Route, "matches", lambda self, scope: tried.append(self.path) or original(self, scope))
+    body, _ = infer_body(
+        [{"name": "INPUT0", "datatype": "FP32", "shape": [2, 16], "data": A.ravel().tolist()},
+         {"name": "INPUT1", "datatype": "FP32", "shape": [2, 16], "data": B.ravel().tolist()}]
+    )
+    for path in ("/v2/models/add_sub/infer", "/v2/models/add_sub/versions/1/infer"):
+        status, _, reply = request(main, "POST", path, body)
+        assert status == 200 and json.loads(reply)["model_version"] == "1"
+    assert tried == []
+    status, message = error_of(request(main, "POST", "/v2/models/versions/infer", body))
+    assert status == 404 and "model 'versions'" in message  # a model named "versions": looked up, not a route
+    assert request(main, "GET", "/v2/models/add_sub/ready")[0] == 200 and tried  # the rest: Starlette's
+
 def test_shared_memory_has_no_regions_and_cannot_register(client):
     assert client.get_system_shared_memory_status() == []
     assert client.get_cuda_shared_memory_status() == []

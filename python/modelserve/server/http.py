@@ -79,7 +79,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.routing import Route
+from starlette.routing import Route, Router, request_response
 
 from .._version import __version__
 from ..admission import DEADLINE_HEADER, header_deadline_us
@@ -777,6 +777,40 @@ def _endpoint(handler: Callable[[Request], Any], check: Callable[[Request], None
     return endpoint
 
 
+def _infer_path_params(path: str) -> dict[str, str] | None:
+    """The path parameters of ``/v2/models/{model}[/versions/{version}]/infer``, or None."""
+    parts = path.split("/")
+    if len(parts) == 5 and parts[1] == "v2" and parts[2] == "models" and parts[4] == "infer" and parts[3]:
+        return {"model": parts[3]}
+    if (len(parts) == 7 and parts[1] == "v2" and parts[2] == "models" and parts[4] == "versions"
+            and parts[6] == "infer" and parts[3] and parts[5]):
+        return {"model": parts[3], "version": parts[5]}
+    return None
+
+
+class _Router(Router):
+    """Starlette's router, except that ``POST .../infer``, the one hot route, is found by
+    splitting the path rather than by trying every route's pattern in turn. Everything else
+    (other routes, 404, 405) is Starlette's."""
+
+    def __init__(self, routes: list[Route], infer: Callable[[Request], Any]) -> None:
+        super().__init__(routes=routes, redirect_slashes=False)  # /v2/ is an unknown route, not a redirect
+        self._infer = request_response(infer)
+
+    async def app(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path = scope["path"]
+            root = scope.get("root_path", "")
+            if root and path.startswith(root):
+                path = path[len(root):]
+            params = _infer_path_params(path)
+            if params is not None:
+                scope["path_params"] = {**scope.get("path_params", {}), **params}
+                await self._infer(scope, receive, send)
+                return
+        await super().app(scope, receive, send)
+
+
 def create_app(
     runtime: ServingRuntime, options: ServerOptions, health: Health, metrics: Metrics | None = None
 ) -> Starlette:
@@ -837,8 +871,8 @@ def create_app(
 
     routes += [route(path, handler, methods, admin_auth if "PATCH" in methods else meta_auth)
                for path, handler, methods in settings_routes(runtime)]
-    app = Starlette(routes=routes, exception_handlers={HTTPException: _route_error})
-    app.router.redirect_slashes = False  # /v2/ is an unknown route, not a redirect
+    app = Starlette(exception_handlers={HTTPException: _route_error})
+    app.router = _Router(routes, _endpoint(api.infer, infer_auth))
     return app
 
 
