@@ -142,8 +142,11 @@ class ServeProcess:
     """``modelserve serve`` on ports 0; the ports are read from its log (as tests/test_server)."""
 
     def __init__(self, repository: Path) -> None:
-        cmd = [sys.executable, "-c",
-               "import sys; from modelserve.cli import main; sys.exit(main())",
+        # MODELSERVE_BENCH_SERVE names a script to run instead (one that puts another checkout's
+        # modelserve first, to measure an older commit beside this one in the same run).
+        launcher = os.environ.get("MODELSERVE_BENCH_SERVE")
+        start = [launcher] if launcher else ["-c", "import sys; from modelserve.cli import main; sys.exit(main())"]
+        cmd = [sys.executable, *start,
                "serve", "--model-repository", str(repository), "--grpc-port", "0",
                "--http-port", "0", "--shutdown-grace", "0"]
         self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
