@@ -394,3 +394,27 @@ def test_a_missing_path_given_to_another_subcommand_is_one_line_and_exit_1(args,
 
 def test_a_bad_value_given_to_another_subcommand_is_one_usage_line_and_exit_2():
     assert_one_line(run_cli("settings", "set", "m", "--instances", "many"), 2, "--instances", "'many'")
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_the_start_up_heap_is_frozen_only_when_asked(tmp_path, freeze):
+    # Note [Start-up heap]: modelserve serve sets the option; an embedding process is left alone.
+    import gc
+
+    from conftest import LoopThread
+    from modelserve.server.app import Server
+    from modelserve.server.common import ServerOptions
+
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    (tmp_path / "m" / "1" / "model.py").write_text("class Model:\n    def execute(self, inputs):\n        return inputs\n")
+    (tmp_path / "m" / "config.yaml").write_text("max_batch_size: 0\n")
+    gc.unfreeze()
+    loop = LoopThread()
+    server = Server(tmp_path, ServerOptions(http_port=0, grpc_port=0, shutdown_grace_s=0, freeze_start_up_heap=freeze))
+    try:
+        loop.run(server.start())
+        assert (gc.get_freeze_count() > 0) == freeze
+    finally:
+        gc.unfreeze()
+        loop.run(server.shutdown())
+        loop.close()

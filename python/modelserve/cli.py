@@ -123,6 +123,7 @@ def _serve(args: argparse.Namespace) -> int:
         if path and not Path(path).is_file():
             return _serve_failed(f"{flag} {path}: no such file", 1)
     options = ServerOptions(
+        freeze_start_up_heap=True,
         host=args.host,
         http_port=args.http_port,
         grpc_port=args.grpc_port,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import json
 import logging
 import signal
@@ -61,6 +62,22 @@ def configure_logging(fmt: str = "text", level: str = "INFO") -> None:
     root.setLevel(level.upper())
     # uvicorn's own start/stop lines repeat ours; its errors still come through.
     logging.getLogger("uvicorn.error").setLevel(max(logging.WARNING, root.level))
+
+
+def _freeze_start_up_heap() -> None:
+    """Note [Start-up heap] (``ServerOptions.freeze_start_up_heap``, on in ``modelserve serve``):
+    what start-up allocated (modules, frontends, the models loaded at
+    start) lives about as long as the server. Serving allocates steadily, so the collector runs
+    full collections now and then, and each one walks every object tracked so far: tens of
+    milliseconds on the event loop once numpy, grpc and a framework are imported. gc.freeze()
+    moves the start-up objects out of the collector's generations, so a full collection walks
+    only what was allocated since. The price: a reference cycle among those objects is never
+    collected. A start-up version that is unloaded later is still freed, by reference counting:
+    its stopped engine lets go of the backend factory that referred back to it (executor.h).
+    Measured with bench/soak/swaps.py (20 swaps at half of capacity): the p99 during the swaps
+    was 65 ms without it, 18 and 22 ms in two runs with it."""
+    gc.collect()
+    gc.freeze()
 
 
 class Server:
@@ -137,6 +154,8 @@ class Server:
         for e in index:
             if e["state"] != "READY":
                 log.warning("model '%s' version %s is %s: %s", e["name"], e["version"], e["state"], e["reason"])
+        if o.freeze_start_up_heap:
+            _freeze_start_up_heap()
         if not self.health.ready():
             why = [f"required model '{m}' is not READY" for m in o.required_models if not self.health.model_ready(m)]
             why += list(self.runtime.unready_models().values()) if not o.required_models else []

@@ -81,6 +81,9 @@ class ServerOptions:
     required_models: list[str] = field(default_factory=list)  # ready = these READY; [] = all loaded
     shutdown_grace_s: float = 5.0  # after SIGTERM: not ready at once, new requests refused after this
     drain_timeout_s: float = 30.0  # then in-flight and queued requests get this long to finish
+    # gc.freeze() once the start-up models are loaded (Note [Start-up heap] in server/app.py):
+    # modelserve serve sets it; an embedding process keeps its collector as it is.
+    freeze_start_up_heap: bool = False
     max_stream_requests: int = 64  # ModelStreamInfer: requests read and not yet answered, per stream
 
 
