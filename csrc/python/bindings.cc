@@ -143,6 +143,22 @@ py::object outputs_of(const RequestState& s, bool as_numpy) {
   return out;
 }
 
+// Enqueues `request` on `model` with a RequestState that the completion fills (and, when given,
+// `queue` is told of, with `tag`); Model::submit's checks apply. Returns the state (Pending).
+std::shared_ptr<RequestState> submit_request(const std::shared_ptr<Model>& model, RequestPtr request,
+                                             uint32_t priority, int64_t timeout_us,
+                                             std::shared_ptr<CompletionQueue> queue, int64_t tag) {
+  request->priority = priority;
+  request->timeout_us = timeout_us;
+  auto state = std::make_shared<RequestState>();
+  state->tag = tag;
+  state->queue = std::move(queue);
+  state->model = model;
+  request->completion = [state](Response&& r) { state->complete(std::move(r)); };
+  state->id = model->submit(request);
+  return state;
+}
+
 // The completed request's outputs as one serialized ModelInferResponse (Note [Native request
 // path]); raises the request's error. A response over `limit` bytes is RESOURCE_EXHAUSTED.
 py::bytes encode_response(const RequestState& s, const std::string& where, const std::string& model_name,
@@ -433,15 +449,7 @@ PYBIND11_MODULE(_core, m) {
               request->inputs.push_back({py::str(item.first).cast<std::string>(), as_tensor(item.second)});
             }
             request->requested_outputs = std::move(outputs);
-            request->priority = priority;
-            request->timeout_us = timeout_us;
-            auto state = std::make_shared<RequestState>();
-            state->tag = tag;
-            state->queue = std::move(queue);
-            state->model = self.get();
-            request->completion = [state](Response&& r) { state->complete(std::move(r)); };
-            state->id = self.get()->submit(request);
-            return state;
+            return submit_request(self.get(), std::move(request), priority, timeout_us, std::move(queue), tag);
           },
           py::arg("inputs"), py::kw_only(), py::arg("outputs") = std::vector<std::string>{}, py::arg("priority") = 0,
           py::arg("timeout_us") = 0, py::arg("queue") = nullptr, py::arg("tag") = 0)
@@ -455,15 +463,7 @@ PYBIND11_MODULE(_core, m) {
             auto request = std::make_unique<Request>();
             request->inputs = protocol::decode_inputs(r, bytes, where, host_pool());
             request->requested_outputs = protocol::requested_output_names(r, where);
-            request->priority = priority;
-            request->timeout_us = timeout_us;
-            auto state = std::make_shared<RequestState>();
-            state->tag = tag;
-            state->queue = std::move(queue);
-            state->model = self.get();
-            request->completion = [state](Response&& resp) { state->complete(std::move(resp)); };
-            state->id = self.get()->submit(request);
-            return state;
+            return submit_request(self.get(), std::move(request), priority, timeout_us, std::move(queue), tag);
           },
           py::arg("request"), py::arg("where"), py::kw_only(), py::arg("priority") = 0, py::arg("timeout_us") = 0,
           py::arg("queue") = nullptr, py::arg("tag") = 0,

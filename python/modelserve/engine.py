@@ -187,43 +187,16 @@ class ModelEngine:
     ) -> "AsyncRequest":
         """Enqueues a request from a running event loop (synchronously: it is queued when this
         returns) and returns an :class:`AsyncRequest` to await."""
-        loop = asyncio.get_running_loop()
-        completions = _LoopCompletions.of(loop)
-        tag = next(completions.tags)
-        future = loop.create_future()
-        completions.futures[tag] = future
-        try:
-            pending = self._model.submit(
-                dict(inputs),
-                outputs=list(outputs or ()),
-                priority=priority,
-                timeout_us=timeout_us,
-                queue=completions.queue,
-                tag=tag,
-            )
-        except BaseException:
-            completions.futures.pop(tag, None)
-            raise
-        return AsyncRequest(pending, future, completions, tag)
+        return _on_loop(lambda queue, tag: self._model.submit(
+            dict(inputs), outputs=list(outputs or ()), priority=priority, timeout_us=timeout_us, queue=queue, tag=tag))
 
     def submit_parsed_async(self, request: Any, where: str, *, priority: int = 0, timeout_us: int = 0) -> "AsyncRequest":
         """Enqueues a parsed ModelInferRequest (``_core.protocol.parse``) from a running event
         loop: the core decodes its inputs (raw ones as views of the request's bytes) and requested
         outputs, checks them and enqueues, all without Python objects per tensor (Note [Native
         request path] in csrc/protocol/infer_codec.h). ``where`` starts every error message."""
-        loop = asyncio.get_running_loop()
-        completions = _LoopCompletions.of(loop)
-        tag = next(completions.tags)
-        future = loop.create_future()
-        completions.futures[tag] = future
-        try:
-            pending = self._model.submit_parsed(
-                request, where, priority=priority, timeout_us=timeout_us, queue=completions.queue, tag=tag
-            )
-        except BaseException:
-            completions.futures.pop(tag, None)
-            raise
-        return AsyncRequest(pending, future, completions, tag)
+        return _on_loop(lambda queue, tag: self._model.submit_parsed(
+            request, where, priority=priority, timeout_us=timeout_us, queue=queue, tag=tag))
 
     async def infer_async(
         self,
@@ -296,6 +269,22 @@ class ModelEngine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _on_loop(submit: Any) -> AsyncRequest:
+    """Runs ``submit(queue, tag)`` (a core submit that reports its completion to ``queue`` with
+    ``tag``) for the running event loop, and returns the AsyncRequest that its future resolves."""
+    loop = asyncio.get_running_loop()
+    completions = _LoopCompletions.of(loop)
+    tag = next(completions.tags)
+    future = loop.create_future()
+    completions.futures[tag] = future
+    try:
+        pending = submit(completions.queue, tag)
+    except BaseException:
+        completions.futures.pop(tag, None)
+        raise
+    return AsyncRequest(pending, future, completions, tag)
 
 
 def _factory_of(backend: Any) -> Any:
