@@ -54,7 +54,7 @@ import numpy as np
 import pytest
 
 from . import compute_models
-from .test_server_throughput import BARE_SERVICER, EchoProcess, ServeProcess, warmup_s
+from .test_server_throughput import BARE_SERVICER, EchoProcess, ServeProcess, process_tree, warmup_s
 
 grpcaio = pytest.importorskip("tritonclient.grpc.aio")
 httpaio = pytest.importorskip("tritonclient.http.aio")
@@ -99,23 +99,15 @@ SCENARIOS = (Scenario("trivial", 32, "grpc"), Scenario("mlp", 32, "grpc"),
 def tree_cpu_seconds(pid: int) -> float:
     """CPU seconds of process ``pid`` and all its live descendants (utime + stime, and
     cutime + cstime for children already reaped), from Linux ``/proc``."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total, stack, seen = 0, [pid], set()
-    while stack:
-        p = stack.pop()
-        if p in seen:
-            continue
-        seen.add(p)
+    total = 0
+    for p in process_tree(pid):
         try:
             with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()  # after "pid (comm)": state first
-            total += sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
-            for tid in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{tid}/children") as f:
-                    stack.extend(int(c) for c in f.read().split())
-        except OSError:  # the process ended meanwhile
+        except OSError:  # it ended meanwhile
             continue
-    return total / tick
+        total += sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 class ComputeProcess(EchoProcess):

@@ -138,17 +138,38 @@ def thread_cpu(pid: int) -> Counter:
     return out
 
 
-class ServeProcess:
-    """``modelserve serve`` on ports 0; the ports are read from its log (as tests/test_server)."""
+def process_tree(pid: int):
+    """``pid`` and every live descendant of it (Linux ``/proc``); a process that ends meanwhile
+    is skipped."""
+    stack, seen = [pid], set()
+    while stack:
+        p = stack.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            children = []
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{tid}/children") as f:
+                    children.extend(int(c) for c in f.read().split())
+        except OSError:  # it ended
+            continue
+        yield p
+        stack.extend(children)
 
-    def __init__(self, repository: Path) -> None:
+
+class ServeProcess:
+    """``modelserve serve`` on ports 0, with extra ``flags`` (``--model-control-mode explicit``);
+    the ports are read from its log (as tests/test_server)."""
+
+    def __init__(self, repository: Path, *flags: str) -> None:
         # MODELSERVE_BENCH_SERVE names a script to run instead (one that puts another checkout's
         # modelserve first, to measure an older commit beside this one in the same run).
         launcher = os.environ.get("MODELSERVE_BENCH_SERVE")
         start = [launcher] if launcher else ["-c", "import sys; from modelserve.cli import main; sys.exit(main())"]
         cmd = [sys.executable, *start,
                "serve", "--model-repository", str(repository), "--grpc-port", "0",
-               "--http-port", "0", "--shutdown-grace", "0"]
+               "--http-port", "0", "--shutdown-grace", "0", *flags]
         self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
         self.pid = self.proc.pid
         self.lines: list[str] = []

@@ -18,8 +18,6 @@ import itertools
 import json
 import os
 import re
-import subprocess
-import sys
 import threading
 import time
 from array import array
@@ -30,31 +28,16 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.e2e.test_server_throughput import ServeProcess
+from bench.e2e.test_server_throughput import ServeProcess, process_tree
 
 DEFAULT_OUT = Path("/tmp/modelserve-soak")
 
 
 # --- the server ---------------------------------------------------------------------------------
 
-class Server(ServeProcess):
-    """``modelserve serve`` on ports 0 over ``repository``, with extra ``flags`` (for instance
-    ``--model-control-mode explicit``); the rest (ports, readiness, stop) is ServeProcess's."""
-
-    def __init__(self, repository: Path, *flags: str) -> None:  # noqa: super().__init__ has no flags
-        cmd = [sys.executable, "-c", "import sys; from modelserve.cli import main; sys.exit(main())",
-               "serve", "--model-repository", str(repository), "--grpc-port", "0", "--http-port", "0",
-               "--shutdown-grace", "0", *flags]
-        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-        self.pid = self.proc.pid
-        self.lines: list[str] = []
-        self.grpc_port = self.http_port = None
-        self._ready = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        if not self._ready.wait(120):
-            self.stop()
-            raise RuntimeError("modelserve serve did not start:\n" + "".join(self.lines))
+#: ``modelserve serve`` on ports 0 over a repository, with extra flags:
+#: ``Server(repository, "--model-control-mode", "explicit")``.
+Server = ServeProcess
 
 
 # --- memory -------------------------------------------------------------------------------------
@@ -69,18 +52,11 @@ def _vmrss(pid: int) -> int:
 
 def tree_rss(pid: int) -> int:
     """Resident bytes (VmRSS) of process ``pid`` and all its descendants (Linux /proc)."""
-    total, stack, seen = 0, [pid], set()
-    while stack:
-        p = stack.pop()
-        if p in seen:
-            continue
-        seen.add(p)
+    total = 0
+    for p in process_tree(pid):
         try:
             total += _vmrss(p)
-            for tid in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{tid}/children") as f:
-                    stack.extend(int(c) for c in f.read().split())
-        except OSError:  # the process ended meanwhile
+        except OSError:  # it ended meanwhile
             continue
     return total
 
