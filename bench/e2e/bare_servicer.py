@@ -129,14 +129,18 @@ class EchoServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         await self._check_model(request.name, context)
         return self._config
 
-    async def ModelInfer(self, request, context):
-        await self._check_model(request.model_name, context)
+    async def _maybe_fail(self, context):
+        """Every fail_every-th request is refused with UNAVAILABLE (when fail_every is set)."""
         if self.fail_every:
             self._count += 1
             if self._count % self.fail_every == 0:
                 await context.abort(grpc.StatusCode.UNAVAILABLE,
                                     f"injected failure: request {self._count} "
                                     f"(fail_every={self.fail_every})")
+
+    async def ModelInfer(self, request, context):
+        await self._check_model(request.model_name, context)
+        await self._maybe_fail(context)
         return service_pb2.ModelInferResponse(
             model_name=self.model, model_version="1", id=request.id,
             outputs=[{"name": f"OUTPUT{i}", "datatype": t.datatype, "shape": t.shape}
@@ -183,12 +187,7 @@ class ComputeServicer(EchoServicer):
 
     async def ModelInfer(self, request, context):
         await self._check_model(request.model_name, context)
-        if self.fail_every:
-            self._count += 1
-            if self._count % self.fail_every == 0:
-                await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                    f"injected failure: request {self._count} "
-                                    f"(fail_every={self.fail_every})")
+        await self._maybe_fail(context)
         inputs = {t.name: np.frombuffer(raw, _NUMPY[t.datatype]).reshape(tuple(t.shape))
                   for t, raw in zip(request.inputs, request.raw_input_contents)}
         outputs = self._function(inputs)
