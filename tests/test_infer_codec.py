@@ -15,9 +15,22 @@ from modelserve import ModelEngine, errors
 from modelserve._native import core
 from modelserve._proto import inference_pb2 as pb
 from modelserve.server.common import tensor_from_values
-from modelserve.server.grpc import TYPED_FIELD, WIRE_DTYPES
 
 WHERE = "model 'm' version 1"
+
+# The reference the native decoder is checked against: each datatype's typed-contents field (spec
+# 1.5; FP16 and BF16 have none), each field's wire type as numpy reads it, and the Python value
+# rules (server/common.py's tensor_from_values, which the HTTP JSON path uses).
+TYPED_FIELD = {
+    "BOOL": "bool_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+    "UINT64": "uint64_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT64": "int64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
+}
+WIRE_DTYPES = {
+    "bool_contents": np.dtype(np.bool_), "int_contents": np.dtype(np.int32), "int64_contents": np.dtype(np.int64),
+    "uint_contents": np.dtype(np.uint32), "uint64_contents": np.dtype(np.uint64),
+    "fp32_contents": np.dtype(np.float32), "fp64_contents": np.dtype(np.float64),
+}
 SETTINGS = settings(max_examples=150, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
 

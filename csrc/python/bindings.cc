@@ -535,4 +535,20 @@ PYBIND11_MODULE(_core, m) {
 
   bind_bench(m);
   bind_protocol(m);
+  // What submit_parsed decodes and checks, as Python tensors: for requests that need them (a
+  // shadow compares their outputs; Ray's ingress forwards them), with the same checks and messages.
+  m.attr("protocol").cast<py::module_>().def(
+      "decode",
+      [](const py::handle& parsed, const std::string& where) {
+        release_python_owners();
+        std::shared_ptr<Buffer> bytes;
+        const protocol::InferRequest& r = parsed_request_of(parsed, bytes);
+        TensorList inputs = protocol::decode_inputs(r, bytes, where, host_pool());
+        std::vector<std::string> outputs = protocol::requested_output_names(r, where);
+        py::dict tensors;
+        for (auto& in : inputs) tensors[py::str(in.name)] = py::cast(std::move(in.tensor));
+        return py::make_tuple(tensors, outputs);
+      },
+      py::arg("request"), py::arg("where"),
+      "(inputs as {name: Tensor}, requested output names) of a ParsedInferRequest (Note [Native request path])");
 }

@@ -238,6 +238,9 @@ class _Protocol(ModuleType):
         """Parses a serialized ModelInferRequest; InvalidArgumentError naming the field and byte
         where it is not valid."""
 
+    def decode(self, request: _Protocol.ParsedInferRequest, where: str) -> tuple[dict[str, Tensor], list[str]]:
+        """(inputs as {name: Tensor}, requested output names): submit_parsed's decode and checks."""
+
 class _Bench(ModuleType):
     """``modelserve._core._bench``: native measurement loops for bench/micro."""
 

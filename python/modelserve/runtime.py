@@ -171,11 +171,12 @@ class Runtime:
         endpoint = self.traffic.active.get(model) if version is None else None
         if endpoint is None:
             with self.repository.get(model).route(version) as mv:
-                return _submit(mv, mv.engine.submit, inputs, outputs, priority, timeout_us)
+                return _submit(mv, mv.engine.submit, inputs, outputs=outputs, priority=priority, timeout_us=timeout_us)
         routed = endpoint.route(routing)
         try:
             with self.repository.get(routed.model).route(routed.version) as mv:
-                pending = _submit(mv, mv.engine.submit, inputs, outputs, priority, timeout_us)
+                pending = _submit(mv, mv.engine.submit, inputs, outputs=outputs, priority=priority,
+                                  timeout_us=timeout_us)
         except BaseException as e:
             routed.fail(e)
             raise
@@ -216,7 +217,8 @@ class Runtime:
         frontends report): the version named, or the one the traffic policy chose."""
         async def run(target: str, target_version: Version) -> tuple[Any, int]:
             with self.repository.get(target).route(target_version) as mv:
-                request = _submit(mv, mv.engine.submit_async, inputs, outputs, priority, timeout_us)
+                request = _submit(mv, mv.engine.submit_async, inputs, outputs=outputs, priority=priority,
+                                  timeout_us=timeout_us)
             return await request.outputs(as_numpy=as_numpy), mv.version
 
         return Served(*await self.traffic.run_routed(model, version, inputs, routing, run))
@@ -242,14 +244,14 @@ class Runtime:
         :meth:`infer_routed_async` instead: see :meth:`mirrors`."""
         async def run(target: str, target_version: Version) -> tuple[Any, int]:
             with self.repository.get(target).route(target_version) as mv:
-                queued = _submit_parsed(mv, request, where, priority, timeout_us)
+                queued = _submit(mv, mv.engine.submit_parsed_async, request, where, priority=priority,
+                                 timeout_us=timeout_us)
             pending = await queued.done()
             if pending.status_code:
                 raise from_status(pending.status_code, pending.message)
             return pending, mv.version
 
-        pending, target, number = await self.traffic.run_routed(model, version, None, routing, run)
-        return pending, target, number
+        return await self.traffic.run_routed(model, version, None, routing, run)
 
     def mirrors(self, model: str, version: Version = None) -> bool:
         """Whether a request for (model, version) may be mirrored to shadows (which needs its
@@ -411,17 +413,10 @@ class Runtime:
         self.close()
 
 
-def _submit_parsed(mv: Any, request: Any, where: str, priority: int, timeout_us: int) -> Any:
-    """_submit for a parsed request."""
+def _submit(mv: Any, submit: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``submit(*args, **kwargs)``, an enqueue on a routed version's engine; a full queue's
+    refusal carries a retry hint."""
     try:
-        return mv.engine.submit_parsed_async(request, where, priority=priority, timeout_us=timeout_us)
-    except ResourceExhaustedError as e:
-        raise with_retry_hint(e, mv)
-
-
-def _submit(mv: Any, submit: Callable[..., Any], inputs: Any, outputs: Any, priority: int, timeout_us: int) -> Any:
-    """Enqueues on a routed version's engine; a full queue's refusal carries a retry hint."""
-    try:
-        return submit(inputs, outputs=outputs, priority=priority, timeout_us=timeout_us)
+        return submit(*args, **kwargs)
     except ResourceExhaustedError as e:
         raise with_retry_hint(e, mv)

@@ -35,9 +35,9 @@ The native request path (Note [Native request path] in csrc/protocol/infer_codec
     checks and enqueues the rest in one native call: raw inputs stay views of the request's bytes,
     typed contents are decoded into pooled buffers through the value rules. The core encodes the
     response into the one bytes object gRPC sends (one copy of each output). A request that a
-    shadow may mirror (its outputs are compared) takes the Python way with protobuf objects and
-    Python tensors (``_infer_decoded``), as do requests through Ray's ingress; both give the same
-    answers. The checks, their order and their messages are recorded in
+    shadow may mirror (its outputs are compared), and every request through Ray's ingress, has
+    the core decode and check its tensors the same way into Python objects instead
+    (``_core.protocol.decode``, ``_infer_decoded``) and goes through the Python Runtime API. The checks, their order and their messages are recorded in
     tests/data/bad_infer_requests.json and replayed by tests/test_grpc_corpus.py.
 
 Versions.
@@ -102,12 +102,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from .._native import core as _core
@@ -123,7 +122,7 @@ from ..errors import (
     UnimplementedError,
 )
 from ..tensor import Tensor
-from .common import EXTENSIONS, ServerOptions, check_token, request_options, tensor_from_raw, tensor_from_values
+from .common import EXTENSIONS, ServerOptions, check_token, request_options
 from .health import Health
 from .runtime_api import ServingRuntime
 
@@ -135,24 +134,6 @@ SERVICE = "inference.GRPCInferenceService"
 
 #: protobuf's ceiling on a message, and what tritonclient and Triton configure.
 GRPC_MAX = 2**31 - 1
-
-#: The typed-contents field of each datatype (spec 1.5); FP16 and BF16 travel raw only.
-TYPED_FIELD = {
-    "BOOL": "bool_contents",
-    "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "FP32": "fp32_contents", "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
-
-#: The protobuf type of each numeric typed-contents field, as numpy reads it.
-WIRE_DTYPES = {
-    "bool_contents": np.dtype(np.bool_), "int_contents": np.dtype(np.int32), "int64_contents": np.dtype(np.int64),
-    "uint_contents": np.dtype(np.uint32), "uint64_contents": np.dtype(np.uint64),
-    "fp32_contents": np.dtype(np.float32), "fp64_contents": np.dtype(np.float64),
-}
 
 #: The native ModelInferRequest parser (csrc/protocol/).
 _protocol = _core.protocol
@@ -266,11 +247,6 @@ def _copy_out(name: str, tensor: Tensor, why: Exception) -> bytes:
         return tensor.tobytes()
     except ModelserveError:
         raise InternalError(f"output '{name}' is in {tensor.device} memory and cannot be sent: {why}") from None
-
-
-def _parameter_value(p: Any) -> Any:
-    which = p.WhichOneof("parameter_choice")
-    return None if which is None else getattr(p, which)
 
 
 def _metadata(context: grpc.aio.ServicerContext, key: str) -> str | None:
@@ -723,74 +699,23 @@ class GrpcFrontend:
         self, call: Any, model: str, requested: str | None, where: str, options: dict[str, int], routing: Any,
         streamed: bool,
     ) -> _InferReply:
-        """The request as protobuf objects and Python tensors: for shadows, which compare the
-        outputs, and for Ray's ingress. The checks and messages are the core's."""
-        request = pb.ModelInferRequest.FromString(call.buffer)
-        inputs = self._decode_inputs(request, [memoryview(b) for b in request.raw_input_contents], where)
-        outputs = self._requested_outputs(request, where)
+        """The request's tensors as Python objects, for shadows (which compare the outputs) and
+        Ray's ingress (which forwards them): the core decodes and checks them as on the native
+        path (``_core.protocol.decode``), then the Runtime routes them."""
+        inputs, outputs = _protocol.decode(call, where)
         served = await self.runtime.infer_routed_async(
             model, inputs, version=requested, outputs=outputs or None, as_numpy=False, routing=routing, **options
         )
-        return self._encode(request, model, served.version, served.outputs, outputs, streamed)
+        return self._encode(call.id, model, served.version, served.outputs, outputs, streamed)
 
     def _request_options(self, parameters: dict[str, Any], where: str, time_remaining: float | None) -> dict[str, int]:
         deadline_us = int(time_remaining * 1e6) if time_remaining is not None else None
         return request_options(parameters, where, deadline_us)
 
-    def _decode_inputs(self, request: Any, raw: Sequence[memoryview], where: str) -> dict[str, Tensor]:
-        declared = request.inputs
-        if raw:
-            typed = [i.name for i in declared if i.HasField("contents")]
-            if typed:
-                raise InvalidArgumentError(
-                    f"{where}: input '{typed[0]}' sets contents, and the request also carries raw_input_contents; "
-                    f"send every input's data in raw_input_contents or every input's in contents, not both"
-                )
-            if len(raw) != len(declared):
-                raise InvalidArgumentError(
-                    f"{where}: the request has {len(raw)} raw_input_contents entries for {len(declared)} inputs; "
-                    f"expected one entry per input, in the order of inputs"
-                )
-        tensors: dict[str, Tensor] = {}
-        for k, tensor in enumerate(declared):
-            name = tensor.name
-            if name in tensors:
-                raise InvalidArgumentError(f"{where}: input '{name}' appears more than once")
-            if "shared_memory_region" in tensor.parameters:
-                raise UnimplementedError(f"{where}: input '{name}' names a shared memory region; modelserve "
-                                         f"does not implement shared memory, send the data in raw_input_contents")
-            try:
-                if raw:
-                    tensors[name] = tensor_from_raw(name, tensor.datatype, tensor.shape, raw[k])
-                elif tensor.HasField("contents"):
-                    tensors[name] = _typed_tensor(tensor)
-                else:
-                    raise InvalidArgumentError(
-                        f"input '{name}': no data; the request has neither raw_input_contents nor contents for it"
-                    )
-            except InvalidArgumentError as e:
-                raise InvalidArgumentError(f"{where}: {e}") from None
-        return tensors
-
-    def _requested_outputs(self, request: Any, where: str) -> list[str]:
-        names: list[str] = []
-        for output in request.outputs:
-            if output.name in names:
-                raise InvalidArgumentError(f"{where}: output '{output.name}' is requested more than once")
-            if "shared_memory_region" in output.parameters:
-                raise UnimplementedError(f"{where}: output '{output.name}' names a shared memory region; "
-                                         f"modelserve does not implement shared memory")
-            classification = output.parameters.get("classification")
-            if classification is not None and _parameter_value(classification):
-                raise UnimplementedError(f"{where}: output '{output.name}' asks for classification, "
-                                         f"which modelserve does not implement")
-            names.append(output.name)
-        return names
-
     def _encode(
-        self, request: Any, model: str, version: int, results: dict[str, Tensor], requested: list[str], streamed: bool
+        self, request_id: str, model: str, version: int, results: dict[str, Tensor], requested: list[str], streamed: bool
     ) -> _InferReply:
-        response = pb.ModelInferResponse(model_name=model, model_version=str(version), id=request.id)
+        response = pb.ModelInferResponse(model_name=model, model_version=str(version), id=request_id)
         if streamed:  # one response per request: each is its request's last
             response.parameters["triton_final_response"].bool_param = True
         raw = []
@@ -828,26 +753,6 @@ def _serialize_stream(message: Any) -> bytes:
         parts = message.parts()
         return b"".join([b"\x12", _varint(sum(len(p) for p in parts)), *parts])
     return message.SerializeToString()
-
-
-def _typed_tensor(tensor: Any) -> Tensor:
-    name, datatype = tensor.name, tensor.datatype
-    field = TYPED_FIELD.get(datatype)
-    if datatype in ("FP16", "BF16"):
-        raise InvalidArgumentError(f"input '{name}': datatype {datatype} has no typed contents field; send it in raw_input_contents")
-    contents = tensor.contents
-    others = [f.name for f, _ in contents.ListFields() if f.name != field]
-    if others:
-        expected = f"in {field}" if field else "nowhere (unknown datatype)"
-        raise InvalidArgumentError(
-            f"input '{name}': datatype {datatype} carries its values {expected}, but contents sets {', '.join(others)}"
-        )
-    values = getattr(contents, field) if field else []
-    if field in WIRE_DTYPES:  # typed as the field is, so the value rules check it with numpy
-        values = np.fromiter(values, WIRE_DTYPES[field], len(values))
-    else:
-        values = list(values)
-    return tensor_from_values(name, datatype, tensor.shape, values)
 
 
 def _statistics(s: dict[str, Any]) -> Any:
