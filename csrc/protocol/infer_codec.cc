@@ -34,18 +34,24 @@ std::string product_str(const Shape& dims) {
   return out;
 }
 
-// server/common.py's _known_datatype and check_shape, messages included. Returns the element
-// count (at most kMaxElements).
-int64_t check_datatype_and_shape(const std::string& name, ByteView datatype, const Shape& dims) {
-  bool known = false;
-  std::string names;
-  for (int i = 0; i < kNumDataTypes; ++i) {
-    const char* n = datatype_name(static_cast<DataType>(i));
-    known = known || datatype.str() == n;
-    names += (i ? ", " : "") + std::string(n);
+// What a declared tensor is: its datatype and element count.
+struct Declared {
+  DataType dtype;
+  int64_t count;  // at most kMaxElements
+};
+
+// server/common.py's _known_datatype and check_shape, messages included.
+Declared check_datatype_and_shape(const std::string& name, ByteView datatype, const Shape& dims) {
+  int found = -1;
+  for (int i = 0; i < kNumDataTypes && found < 0; ++i) {
+    if (datatype.str() == datatype_name(static_cast<DataType>(i))) found = i;
   }
-  MS_EXPECTS(known, kInvalidArgument, "input '", name, "': unknown datatype ", quoted(datatype), "; expected one of ",
-             names);
+  if (found < 0) {
+    std::string names;
+    for (int i = 0; i < kNumDataTypes; ++i) names += (i ? ", " : "") + std::string(datatype_name(static_cast<DataType>(i)));
+    MS_FAIL(kInvalidArgument, "input '", name, "': unknown datatype ", quoted(datatype), "; expected one of ", names);
+  }
+  const auto dtype = static_cast<DataType>(found);
   for (int64_t d : dims) {
     MS_EXPECTS(d >= 0, kInvalidArgument, "input '", name, "': shape ", shape_str(dims), " has a negative dimension");
   }
@@ -53,16 +59,16 @@ int64_t check_datatype_and_shape(const std::string& name, ByteView datatype, con
   int64_t count = 1;
   bool over = false;
   for (int64_t d : dims) {
-    if (d == 0) return 0;
+    if (d == 0) return {dtype, 0};
     over = over || count > kMaxElements / d;
     if (!over) count *= d;
   }
   MS_EXPECTS(!over && count <= kMaxElements, kInvalidArgument, "input '", name, "': shape ", shape_str(dims), " has ",
              product_str(dims), " elements, more than the ", kMaxElements, " allowed");
-  return count;
+  return {dtype, count};
 }
 
-// The typed-contents field each datatype reads (spec 1.5; server/grpc.py's TYPED_FIELD).
+// The typed-contents field each datatype reads (spec 1.5).
 bool typed_field_of(std::string_view datatype, ContentsField& field) {
   static const std::pair<std::string_view, ContentsField> table[] = {
       {"BOOL", ContentsField::kBool},     {"UINT8", ContentsField::kUint},   {"UINT16", ContentsField::kUint},
@@ -81,16 +87,14 @@ bool typed_field_of(std::string_view datatype, ContentsField& field) {
 
 Tensor raw_tensor(const std::string& name, const InferInputTensor& input, ByteView raw,
                   const std::shared_ptr<Buffer>& bytes) {
-  check_datatype_and_shape(name, input.datatype, input.shape);
-  const DataType dtype = parse_datatype(input.datatype.str());
+  const auto [dtype, count] = check_datatype_and_shape(name, input.datatype, input.shape);
   const auto* base = static_cast<const uint8_t*>(bytes->data());
   MS_EXPECTS(raw.size == 0 || (raw.data >= base && raw.data + raw.size <= base + bytes->size()), kInternal,
              "input '", name, "': raw_input_contents lies outside the request's buffer");
   const size_t offset = raw.size == 0 ? 0 : static_cast<size_t>(raw.data - base);
   try {
     if (dtype == DataType::kBytes) {
-      const size_t count = static_cast<size_t>(num_elements(input.shape));
-      const size_t used = bytes_elements_span(raw.data, raw.size, count);
+      const size_t used = bytes_elements_span(raw.data, raw.size, static_cast<size_t>(count));
       MS_EXPECTS(used == raw.size, kInvalidArgument, "BYTES tensor data holds ", raw.size, " bytes but its ", count,
                  " elements use ", used);
     }
@@ -118,10 +122,9 @@ Tensor typed_tensor(const std::string& name, const InferInputTensor& input,
              has_field ? "in " + std::string(contents_field_name(field)) : std::string("nowhere (unknown datatype)"),
              ", but contents sets ", others);
   const size_t values = has_field ? input.contents[field].count : 0;
-  const int64_t count = check_datatype_and_shape(name, input.datatype, input.shape);
+  const auto [dtype, count] = check_datatype_and_shape(name, input.datatype, input.shape);
   MS_EXPECTS(static_cast<size_t>(count) == values, kInvalidArgument, "input '", name, "': shape ",
              shape_str(input.shape), " needs ", count, " values, got ", values);
-  const DataType dtype = parse_datatype(datatype);
   const size_t size = dtype == DataType::kBytes ? serialized_bytes_size(input.contents[field])
                                                 : static_cast<size_t>(count) * element_size(dtype);
   Tensor t = Tensor::empty(dtype, input.shape, pool, {}, size);
