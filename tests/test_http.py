@@ -414,6 +414,30 @@ def test_raw_binary_request_with_header_length_zero(main):
     assert abs(probabilities.sum() - 1) < 1e-5
 
 
+def test_a_raw_binary_request_to_a_model_with_two_inputs_names_the_count(main):
+    status, message = error_of(request(main, "POST", "/v2/models/add_sub/infer", bytes(64),
+                                       {"Inference-Header-Content-Length": "0"}))
+    assert status == 400
+    assert message == ("model 'add_sub': a raw binary request (Inference-Header-Content-Length: 0) needs a model "
+                       "with exactly one input; this one has 2")
+
+
+def test_inference_reads_no_model_config_or_metadata(main, runtime, client, monkeypatch):
+    """The core checks a request against the version it goes to (Note [HTTP requests]): the
+    frontend asks the runtime for no config or metadata per request, on any of the three paths."""
+    calls = []
+    for name in ("model_config", "model_metadata"):
+        def spy(*args, _name=name, _real=getattr(runtime, name), **kwargs):
+            calls.append(_name)
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(runtime, name, spy)
+    for binary in (True, False):
+        np.testing.assert_array_equal(client.infer("add_sub", add_sub_inputs(A, B, binary)).as_numpy("OUTPUT0"), A + B)
+    status, _, _ = request(main, "POST", "/v2/models/torch_linear/infer", np.ones(4, np.float32).tobytes(),
+                           {"Inference-Header-Content-Length": "0"})
+    assert status == 200 and calls == []
+
+
 def test_bytes_round_trip_binary_and_json(extra):
     elements = np.array([b"abc", b"", b"\x00\x01", "h\u00e9llo".encode()], dtype=np.object_)
     with httpclient.InferenceServerClient(extra.url) as c:

@@ -235,3 +235,104 @@ def test_a_typed_value_out_of_range_is_refused_naming_the_element(loop, datatype
         with pytest.raises(errors.InvalidArgumentError) as info:
             run(loop, engine, request(("X", datatype, [len(values)], (field, values))))
     assert str(info.value) == f"{WHERE}: input 'X': {message}"
+
+
+# --- HTTP requests take the same decode (Note [HTTP requests] in csrc/python/py_protocol.cc) --------
+
+RAW_DATATYPES = ["BOOL", "UINT8", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES", "BF16", "COMPLEX64"]
+
+
+def verdict(engine, loop, parsed):
+    """submit_parsed's answer for a ParsedInferRequest: the outputs, or the error's message."""
+    async def go():
+        return await engine.submit_parsed_async(parsed, WHERE).done()
+
+    try:
+        return loop.run_until_complete(go()).outputs()
+    except errors.ModelserveError as e:
+        return f"{type(e).__name__}: {e}"
+
+
+@st.composite
+def raw_requests(draw):
+    """Binary inputs, valid or not: any datatype, shapes that may not fit the bytes, bad BYTES framing."""
+    inputs = []
+    for k in range(draw(st.integers(1, 3))):
+        name = draw(st.sampled_from(["A", "B", "C"]))  # a repeated name is a case too
+        datatype = draw(st.sampled_from(RAW_DATATYPES))
+        shape = draw(st.lists(st.integers(-1, 4), min_size=0, max_size=3))
+        data = draw(st.binary(max_size=40))
+        inputs.append((name, datatype, shape, data))
+    return inputs
+
+
+@SETTINGS
+@given(inputs=raw_requests(), pad=st.integers(0, 7))
+def test_an_http_binary_request_decodes_as_the_same_grpc_request(loop, inputs, pad):
+    """The differential: binary data described by http_request and the same bytes in a gRPC
+    message's raw_input_contents get the same tensors, or the same error, from the one decoder."""
+    grpc_bytes = request(*[(n, dt, shape, None) for n, dt, shape, _ in inputs], raw=[d for *_, d in inputs])
+    body = b"h" * pad + b"".join(d for *_, d in inputs)  # a stand-in JSON header, then the tail
+    described, offset = [], pad
+    for name, datatype, shape, data in inputs:
+        described.append((name, datatype, shape, (offset, len(data))))
+        offset += len(data)
+    with ModelEngine("m", Echo(), max_batch_size=0) as engine:
+        want = verdict(engine, loop, core.protocol.parse(grpc_bytes))
+        got = verdict(engine, loop, core.protocol.http_request(body, described))
+    if isinstance(want, str):
+        assert got == want
+    else:
+        assert not isinstance(got, str), got
+        assert want.keys() == got.keys()
+        for name in want:
+            assert want[name].dtype == got[name].dtype and want[name].shape == got[name].shape
+            np.testing.assert_array_equal(want[name], got[name])
+
+
+def test_an_http_inputs_binary_data_is_the_bodys_own_bytes(loop):
+    backend = Echo()
+    x = np.arange(8, dtype=np.float32).reshape(1, 8)
+    body = b'{"json": "header"}' + x.tobytes()
+    given = core.Tensor.from_numpy(np.array([[3, 4]], np.int64))
+    parsed = core.protocol.http_request(body, [("X", "FP32", [1, 8], (18, 32)), ("J", "INT64", [1, 2], given)],
+                                        outputs=["J", "X"])
+    with ModelEngine("m", backend, max_batch_size=8) as engine:
+        out = verdict(engine, loop, parsed)
+    assert list(out) == ["J", "X"]  # the requested outputs, in order
+    assert parsed.buffer_address + 18 == backend.addresses["X"]  # no copy between the body and the model
+    np.testing.assert_array_equal(out["X"], x)
+    np.testing.assert_array_equal(out["J"], [[3, 4]])
+
+
+def test_http_binary_data_past_the_end_of_the_body_is_refused():
+    with pytest.raises(errors.InvalidArgumentError, match=r"input 'X': binary data \[4, \+8\) goes past the end "
+                                                         r"of the body of 10 bytes"):
+        core.protocol.http_request(b"0123456789", [("X", "UINT8", [8], (4, 8))])
+
+
+@pytest.mark.parametrize("dims, batched, body, shape, message", [
+    ([4], True, bytes(16), [1, 4], None),
+    ([-1], False, bytes(12), [3], None),
+    ([2, -1], True, bytes(16), [1, 2, 2], None),
+    ([2, -1], True, bytes(12), None, "input 'X': 12 bytes are not a whole number of [2, -1] FP32 rows"),
+    ([-1, -1], False, bytes(8), None, "a raw binary request needs at most one variable dimension in [-1, -1]"),
+    ([4], False, bytes(12), None, "input 'X': tensor of datatype FP32 and shape [4] needs 16 bytes, got 12"),
+])
+def test_a_raw_binary_http_request_is_the_models_one_input(loop, dims, batched, body, shape, message):
+    parsed = core.protocol.http_request(body, [], single_input=True)
+    try:
+        inputs, _ = core.protocol.decode(parsed, WHERE, model_inputs=[("X", "FP32", dims)], batched=batched)
+    except errors.InvalidArgumentError as e:
+        assert str(e) == f"{WHERE}: {message}"
+        return
+    assert message is None and list(inputs) == ["X"] and list(inputs["X"].shape) == shape
+
+
+def test_a_raw_binary_http_request_needs_a_model_with_one_input(loop):
+    parsed = core.protocol.http_request(bytes(8), [], single_input=True)
+    with pytest.raises(errors.InvalidArgumentError, match="needs a model with exactly one input; this one has 2"):
+        core.protocol.decode(parsed, WHERE, model_inputs=[("X", "FP32", [2]), ("Y", "FP32", [2])])
+    with ModelEngine("m", Echo(), max_batch_size=4, inputs=[("X", "FP32", [-1])]) as engine:
+        out = verdict(engine, loop, parsed)  # the version it goes to fills in the input
+    assert list(out["X"].shape) == [1, 2]

@@ -85,12 +85,13 @@ bool typed_field_of(std::string_view datatype, ContentsField& field) {
   return false;
 }
 
-Tensor raw_tensor(const std::string& name, const InferInputTensor& input, ByteView raw,
-                  const std::shared_ptr<Buffer>& bytes) {
-  const auto [dtype, count] = check_datatype_and_shape(name, input.datatype, input.shape);
+// A tensor of `dtype` and `shape` (`count` elements) viewing `raw`, which lies in `bytes`: no copy.
+// BYTES data must frame exactly `count` elements; every other size must match the shape.
+Tensor view_tensor(const std::string& name, DataType dtype, int64_t count, const Shape& shape, ByteView raw,
+                   const std::shared_ptr<Buffer>& bytes) {
   const auto* base = static_cast<const uint8_t*>(bytes->data());
   MS_EXPECTS(raw.size == 0 || (raw.data >= base && raw.data + raw.size <= base + bytes->size()), kInternal,
-             "input '", name, "': raw_input_contents lies outside the request's buffer");
+             "input '", name, "': its raw data lies outside the request's buffer");
   const size_t offset = raw.size == 0 ? 0 : static_cast<size_t>(raw.data - base);
   try {
     if (dtype == DataType::kBytes) {
@@ -98,10 +99,16 @@ Tensor raw_tensor(const std::string& name, const InferInputTensor& input, ByteVi
       MS_EXPECTS(used == raw.size, kInvalidArgument, "BYTES tensor data holds ", raw.size, " bytes but its ", count,
                  " elements use ", used);
     }
-    return Tensor(dtype, input.shape, bytes, offset, raw.size);
+    return Tensor(dtype, shape, bytes, offset, raw.size);
   } catch (const Error& e) {
     MS_FAIL(kInvalidArgument, "input '", name, "': ", e.what());
   }
+}
+
+Tensor raw_tensor(const std::string& name, const InferInputTensor& input, ByteView raw,
+                  const std::shared_ptr<Buffer>& bytes) {
+  const auto [dtype, count] = check_datatype_and_shape(name, input.datatype, input.shape);
+  return view_tensor(name, dtype, count, input.shape, raw, bytes);
 }
 
 Tensor typed_tensor(const std::string& name, const InferInputTensor& input,
@@ -211,7 +218,8 @@ size_t message_size(const ResponseHead& h, const TensorList& outputs) {
 }  // namespace
 
 TensorList decode_inputs(const InferRequest& request, const std::shared_ptr<Buffer>& bytes,
-                         const std::string& where, const std::shared_ptr<MemoryResource>& pool) {
+                         const std::string& where, const std::shared_ptr<MemoryResource>& pool,
+                         const std::vector<std::optional<Tensor>>* given) {
   const auto& declared = request.inputs;
   const auto& raw = request.raw_input_contents;
   if (!raw.empty()) {
@@ -236,7 +244,9 @@ TensorList decode_inputs(const InferRequest& request, const std::shared_ptr<Buff
                "raw_input_contents");
     try {
       Tensor t;
-      if (!raw.empty()) {
+      if (given != nullptr && k < given->size() && (*given)[k].has_value()) {
+        t = *(*given)[k];
+      } else if (!raw.empty()) {
         t = raw_tensor(name, in, raw[k], bytes);
       } else if (in.has_contents) {
         t = typed_tensor(name, in, pool);
@@ -251,6 +261,33 @@ TensorList decode_inputs(const InferRequest& request, const std::shared_ptr<Buff
     }
   }
   return tensors;
+}
+
+Tensor single_input(const std::shared_ptr<Buffer>& bytes, const std::string& name, DataType dtype,
+                    const Shape& dims, bool batched, const std::string& where) {
+  const auto variable = std::count(dims.begin(), dims.end(), int64_t(-1));
+  MS_EXPECTS(variable <= 1, kInvalidArgument, where, ": a raw binary request needs at most one variable dimension in ",
+             shape_str(dims));
+  Shape shape = dims;
+  const size_t size = bytes->size();
+  if (variable == 1) {
+    int64_t count = 1;  // BYTES: one element, whatever its length
+    if (dtype != DataType::kBytes) {
+      uint64_t row = element_size(dtype);  // the dims come from the model's config: no overflow
+      for (int64_t d : dims) row *= d == -1 ? 1 : static_cast<uint64_t>(d);
+      MS_EXPECTS(row > 0 && size % row == 0, kInvalidArgument, where, ": input '", name, "': ", size,
+                 " bytes are not a whole number of ", shape_str(dims), " ", datatype_name(dtype), " rows");
+      count = static_cast<int64_t>(size / row);
+    }
+    *std::find(shape.begin(), shape.end(), int64_t(-1)) = count;
+  }
+  if (batched) shape.insert(shape.begin(), 1);
+  try {
+    const ByteView all{static_cast<const uint8_t*>(bytes->data()), size};
+    return view_tensor(name, dtype, num_elements(shape), shape, all, bytes);
+  } catch (const Error& e) {
+    MS_FAIL(kInvalidArgument, where, ": ", e.what());
+  }
 }
 
 std::vector<std::string> requested_output_names(const InferRequest& request, const std::string& where) {

@@ -19,6 +19,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -33,8 +34,19 @@ inline constexpr int64_t kMaxElements = int64_t(1) << 32;
 
 // The inputs of `request` as tensors: raw_input_contents as views of `bytes` (the buffer that
 // holds the request), typed contents decoded into `pool`. Throws Error naming what is wrong.
+//
+// `given` (HTTP, Note [HTTP requests]): where (*given)[k] is set, input k's tensor was decoded by
+// the frontend from JSON values, through its value rules, and is taken as it is (after the name
+// checks); every other input k is raw, its bytes raw_input_contents[k].
 TensorList decode_inputs(const InferRequest& request, const std::shared_ptr<Buffer>& bytes,
-                         const std::string& where, const std::shared_ptr<MemoryResource>& pool);
+                         const std::string& where, const std::shared_ptr<MemoryResource>& pool,
+                         const std::vector<std::optional<Tensor>>* given = nullptr);
+
+// The one input of Triton's raw binary HTTP request (Inference-Header-Content-Length: 0): all of
+// `bytes`, as the model's only input `name` (`dtype`, `dims` per item; batch 1 when `batched`),
+// with at most one variable dimension, which the body's size fixes.
+Tensor single_input(const std::shared_ptr<Buffer>& bytes, const std::string& name, DataType dtype,
+                    const Shape& dims, bool batched, const std::string& where);
 
 // The names of the outputs `request` asks for, in order (empty: every output). Throws Error
 // for a name given twice, a shared-memory region or a classification output.

@@ -458,11 +458,11 @@ PYBIND11_MODULE(_core, m) {
           [](PyModel& self, const py::handle& parsed, const std::string& where, uint32_t priority, int64_t timeout_us,
              std::shared_ptr<CompletionQueue> queue, int64_t tag) {
             release_python_owners();
-            std::shared_ptr<Buffer> bytes;
-            const protocol::InferRequest& r = parsed_request_of(parsed, bytes);
+            const ModelConfig& config = self.get()->config();
+            auto [inputs, outputs] = decode_request(parsed, where, &config.inputs, config.batching.max_batch_size > 0);
             auto request = std::make_unique<Request>();
-            request->inputs = protocol::decode_inputs(r, bytes, where, host_pool());
-            request->requested_outputs = protocol::requested_output_names(r, where);
+            request->inputs = std::move(inputs);
+            request->requested_outputs = std::move(outputs);
             return submit_request(self.get(), std::move(request), priority, timeout_us, std::move(queue), tag);
           },
           py::arg("request"), py::arg("where"), py::kw_only(), py::arg("priority") = 0, py::arg("timeout_us") = 0,
@@ -539,16 +539,19 @@ PYBIND11_MODULE(_core, m) {
   // shadow compares their outputs; Ray's ingress forwards them), with the same checks and messages.
   m.attr("protocol").cast<py::module_>().def(
       "decode",
-      [](const py::handle& parsed, const std::string& where) {
+      [](const py::handle& parsed, const std::string& where,
+         const std::optional<std::vector<std::tuple<std::string, std::string, Shape>>>& model_inputs, bool batched) {
         release_python_owners();
-        std::shared_ptr<Buffer> bytes;
-        const protocol::InferRequest& r = parsed_request_of(parsed, bytes);
-        TensorList inputs = protocol::decode_inputs(r, bytes, where, host_pool());
-        std::vector<std::string> outputs = protocol::requested_output_names(r, where);
+        std::optional<std::vector<TensorSpec>> specs;
+        if (model_inputs) specs = parse_specs(*model_inputs);
+        auto [inputs, outputs] = decode_request(parsed, where, specs ? &*specs : nullptr, batched);
         py::dict tensors;
         for (auto& in : inputs) tensors[py::str(in.name)] = py::cast(std::move(in.tensor));
         return py::make_tuple(tensors, outputs);
       },
-      py::arg("request"), py::arg("where"),
-      "(inputs as {name: Tensor}, requested output names) of a ParsedInferRequest (Note [Native request path])");
+      py::arg("request"), py::arg("where"), py::kw_only(), py::arg("model_inputs") = std::nullopt,
+      py::arg("batched") = false,
+      "(inputs as {name: Tensor}, requested output names) of a ParsedInferRequest (Note [Native request path]); "
+      "model_inputs ((name, datatype, dims) per input) and batched describe the model for a raw single-input "
+      "HTTP request");
 }

@@ -6,9 +6,16 @@
 // that same buffer, not a copy. to_dict() is the test-only full decode that tests/test_protocol.py
 // compares field by field with protobuf's message.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
 
+#include "memory/default_resources.h"
+#include "protocol/infer_codec.h"
 #include "protocol/infer_request.h"
 #include "python/py_protocol.h"
 #include "python/py_tensor.h"
@@ -98,20 +105,65 @@ ContentsField parse_field(const std::string& name) {
   MS_FAIL(kInvalidArgument, "'", name, "' is not a field of InferTensorContents");
 }
 
-// A parsed ModelInferRequest and the object whose bytes it views.
+// Note [HTTP requests]
+// ~~~~~~~~~~~~~~~~~~~~
+// An HTTP inference request is a JSON header and a binary tail. The frontend parses the header
+// (JSON is Python's to read) and describes the request to http_request(): each input's name,
+// datatype and shape, with either the place of its binary data in the body or, for JSON `data`,
+// the tensor its value rules built (server/common.py, Note [Value rules]); and the requested
+// outputs. That description becomes the InferRequest a gRPC message parses to, its binary data
+// as raw_input_contents viewing the body, so Model.submit_parsed decodes and checks both
+// protocols' requests with the same code (decode_inputs) and messages. Triton's raw binary
+// request (the whole body is the one input) has its input spec filled in at submit, from the
+// version the request goes to.
+
+// A parsed ModelInferRequest (or a described HTTP request) and the object whose bytes it views.
 class ParsedInferRequest {
  public:
-  explicit ParsedInferRequest(const py::object& buffer) : owner_(buffer) {
-    view_ = std::make_unique<py::buffer_info>(py::buffer(buffer).request());
-    const bool contiguous = view_->ndim <= 1 && (view_->ndim == 0 || view_->strides[0] == view_->itemsize);
-    MS_EXPECTS(contiguous, kInvalidArgument, "parse: the buffer must be contiguous");
-    data_ = static_cast<const uint8_t*>(view_->ptr);
-    size_ = static_cast<size_t>(view_->size * view_->itemsize);
+  explicit ParsedInferRequest(const py::object& buffer) : ParsedInferRequest(buffer, "parse") {
     Status status = parse_infer_request(data_, size_, request_);
     if (!status.is_ok()) throw Error(status.code, status.message);
   }
 
+  // Note [HTTP requests]. `inputs`: (name, datatype, shape, data) tuples, data (offset, size) of
+  // the binary data in `body` or a Tensor; `single_input`: the whole body is the model's one input.
+  static std::unique_ptr<ParsedInferRequest> http(const py::object& body, const py::sequence& inputs,
+                                                  const std::vector<std::string>& outputs, bool single_input) {
+    std::unique_ptr<ParsedInferRequest> r(new ParsedInferRequest(body, "http_request"));
+    r->single_input_ = single_input;
+    const size_t n = inputs.size();
+    r->strings_.reserve(2 * n + outputs.size());  // never reallocated: the views below point into it
+    r->request_.inputs.resize(n);
+    r->request_.raw_input_contents.resize(n);
+    r->given_.resize(n);
+    for (size_t k = 0; k < n; ++k) {
+      const auto item = inputs[k].cast<py::tuple>();
+      MS_EXPECTS(item.size() == 4, kInvalidArgument, "http_request: inputs[", k,
+                 "] must be (name, datatype, shape, data), got ", item.size(), " items");
+      InferInputTensor& in = r->request_.inputs[k];
+      in.name = r->keep(item[0].cast<std::string>());
+      in.datatype = r->keep(item[1].cast<std::string>());
+      in.shape = item[2].cast<Shape>();
+      if (py::isinstance<Tensor>(item[3])) {
+        r->given_[k] = item[3].cast<Tensor>();
+        continue;
+      }
+      const auto [offset, size] = item[3].cast<std::pair<size_t, size_t>>();
+      MS_EXPECTS(offset <= r->size_ && size <= r->size_ - offset, kInvalidArgument, "input '", in.name.str(),
+                 "': binary data [", offset, ", +", size, ") goes past the end of the body of ", r->size_, " bytes");
+      r->request_.raw_input_contents[k] = ByteView{r->data_ + offset, size};
+    }
+    r->request_.outputs.resize(outputs.size());
+    for (size_t k = 0; k < outputs.size(); ++k) r->request_.outputs[k].name = r->keep(outputs[k]);
+    return r;
+  }
+
+  ParsedInferRequest(ParsedInferRequest&&) = delete;  // views point into strings_
+
   const InferRequest& request() const { return request_; }
+  // Inputs decoded by the frontend (HTTP's JSON data), by position; empty for gRPC.
+  const std::vector<std::optional<Tensor>>& given() const { return given_; }
+  bool single_input() const { return single_input_; }
   const py::object& owner() const { return owner_; }
 
   // A Buffer over the parsed bytes for the tensors that view them (raw inputs): its owner is a
@@ -201,6 +253,19 @@ class ParsedInferRequest {
   }
 
  private:
+  ParsedInferRequest(const py::object& buffer, const char* what) : owner_(buffer) {
+    view_ = std::make_unique<py::buffer_info>(py::buffer(buffer).request());
+    const bool contiguous = view_->ndim <= 1 && (view_->ndim == 0 || view_->strides[0] == view_->itemsize);
+    MS_EXPECTS(contiguous, kInvalidArgument, what, ": the buffer must be contiguous");
+    data_ = static_cast<const uint8_t*>(view_->ptr);
+    size_ = static_cast<size_t>(view_->size * view_->itemsize);
+  }
+
+  ByteView keep(std::string s) {
+    strings_.push_back(std::move(s));
+    return ByteView{reinterpret_cast<const uint8_t*>(strings_.back().data()), strings_.back().size()};
+  }
+
   py::object owner_;
   std::unique_ptr<py::buffer_info> view_;  // holds the buffer export: the bytes cannot move
   mutable py::object memoryview_;          // of owner_, for zero-copy slices
@@ -208,16 +273,33 @@ class ParsedInferRequest {
   const uint8_t* data_ = nullptr;
   size_t size_ = 0;
   InferRequest request_;
+  std::vector<std::string> strings_;  // an HTTP request's names and datatypes (views point here)
+  std::vector<std::optional<Tensor>> given_;
+  bool single_input_ = false;
 };
 
 }  // namespace
 
-const InferRequest& parsed_request_of(const py::handle& obj, std::shared_ptr<Buffer>& bytes) {
+std::pair<TensorList, std::vector<std::string>> decode_request(const py::handle& obj, const std::string& where,
+                                                               const std::vector<TensorSpec>* model_inputs,
+                                                               bool batched) {
   MS_EXPECTS(py::isinstance<ParsedInferRequest>(obj), kInvalidArgument, "expected a ParsedInferRequest, got ",
              Py_TYPE(obj.ptr())->tp_name);
   const auto& parsed = obj.cast<const ParsedInferRequest&>();
-  bytes = parsed.buffer();
-  return parsed.request();
+  const InferRequest& r = parsed.request();
+  std::vector<std::string> outputs = requested_output_names(r, where);
+  if (parsed.single_input()) {
+    MS_EXPECTS(model_inputs != nullptr, kInvalidArgument, where,
+               ": a raw binary request (Inference-Header-Content-Length: 0) needs the model's input specs");
+    MS_EXPECTS(model_inputs->size() == 1, kInvalidArgument, where,
+               ": a raw binary request (Inference-Header-Content-Length: 0) needs a model with exactly one input; "
+               "this one has ", model_inputs->size());
+    const TensorSpec& spec = model_inputs->front();
+    TensorList inputs;
+    inputs.push_back({spec.name, single_input(parsed.buffer(), spec.name, spec.dtype, spec.dims, batched, where)});
+    return {std::move(inputs), std::move(outputs)};
+  }
+  return {decode_inputs(r, parsed.buffer(), where, host_pool(), &parsed.given()), std::move(outputs)};
 }
 
 void bind_protocol(py::module_& m) {
@@ -243,7 +325,13 @@ void bind_protocol(py::module_& m) {
            "inputs[input].contents.<field> decoded as datatype elements (decode_contents), as bytes")
       .def("to_dict", &ParsedInferRequest::to_dict, "test only: every field, typed contents as lists");
   p.def(
-      "parse", [](const py::object& buffer) { return ParsedInferRequest(buffer); }, py::arg("buffer"),
+      "http_request", &ParsedInferRequest::http, py::arg("body"), py::arg("inputs"), py::kw_only(),
+      py::arg("outputs") = std::vector<std::string>{}, py::arg("single_input") = false,
+      "an HTTP request (its JSON header parsed by the frontend) as a ParsedInferRequest (Note [HTTP requests]): "
+      "inputs are (name, datatype, shape, (offset, size) of the binary data in body, or a Tensor)");
+  p.def(
+      "parse", [](const py::object& buffer) { return std::make_unique<ParsedInferRequest>(buffer); },
+      py::arg("buffer"),
       "parses a serialized ModelInferRequest; InvalidArgumentError naming the field and byte where it is not valid");
 }
 

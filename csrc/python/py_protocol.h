@@ -4,7 +4,11 @@
 #include <pybind11/pybind11.h>
 
 #include <memory>
+#include <string>
+#include <utility>
+#include <vector>
 
+#include "exec/model.h"
 #include "protocol/infer_request.h"
 #include "tensor/tensor.h"
 
@@ -12,9 +16,14 @@ namespace modelserve::python {
 
 namespace py = pybind11;
 
-// The request parsed by a _core.protocol.ParsedInferRequest `obj`, and (in `bytes`) a Buffer over
-// the bytes it views that keeps them alive and exported for as long as any tensor views them.
+// The inputs and requested output names of a _core.protocol.ParsedInferRequest `obj` (a gRPC
+// message parsed, or an HTTP request described by protocol.http_request), decoded and checked
+// (protocol::decode_inputs, requested_output_names); raw inputs view the request's bytes, which
+// the tensors keep alive. A raw single-input HTTP request takes its input from `model_inputs`
+// (the specs of the version it goes to; batched: the model batches) and is refused without them.
 // Throws kInvalidArgument when `obj` is not a ParsedInferRequest.
-const protocol::InferRequest& parsed_request_of(const py::handle& obj, std::shared_ptr<Buffer>& bytes);
+std::pair<TensorList, std::vector<std::string>> decode_request(const py::handle& obj, const std::string& where,
+                                                               const std::vector<TensorSpec>* model_inputs,
+                                                               bool batched);
 
 }  // namespace modelserve::python

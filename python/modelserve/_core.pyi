@@ -238,8 +238,28 @@ class _Protocol(ModuleType):
         """Parses a serialized ModelInferRequest; InvalidArgumentError naming the field and byte
         where it is not valid."""
 
-    def decode(self, request: _Protocol.ParsedInferRequest, where: str) -> tuple[dict[str, Tensor], list[str]]:
-        """(inputs as {name: Tensor}, requested output names): submit_parsed's decode and checks."""
+    def http_request(
+        self,
+        body: Buffer,
+        inputs: Sequence[tuple[str, str, Sequence[int], tuple[int, int] | Tensor]],
+        *,
+        outputs: Sequence[str] = ...,
+        single_input: bool = False,
+    ) -> _Protocol.ParsedInferRequest:
+        """An HTTP request, its JSON header parsed by the frontend, as a ParsedInferRequest (Note
+        [HTTP requests]): each input's binary data as (offset, size) in ``body``, or a Tensor
+        decoded from JSON values; ``single_input``: the whole body is the model's one input."""
+
+    def decode(
+        self,
+        request: _Protocol.ParsedInferRequest,
+        where: str,
+        *,
+        model_inputs: Sequence[tuple[str, str, Sequence[int]]] | None = None,
+        batched: bool = False,
+    ) -> tuple[dict[str, Tensor], list[str]]:
+        """(inputs as {name: Tensor}, requested output names): submit_parsed's decode and checks;
+        ``model_inputs`` and ``batched`` describe the model for a raw single-input HTTP request."""
 
 class _Bench(ModuleType):
     """``modelserve._core._bench``: native measurement loops for bench/micro."""

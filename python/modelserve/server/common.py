@@ -27,7 +27,6 @@ __all__ = [
     "check_shape",
     "checked_values",
     "expected_value",
-    "tensor_from_raw",
     "tensor_from_values",
     "tensor_values",
     "request_options",
@@ -102,17 +101,6 @@ def check_shape(name: str, shape: Sequence[int]) -> list[int]:
 def _known_datatype(name: str, datatype: str) -> None:
     if datatype not in DATATYPES:
         raise InvalidArgumentError(f"input '{name}': unknown datatype '{datatype}'; expected one of {', '.join(DATATYPES)}")
-
-
-def tensor_from_raw(name: str, datatype: str, shape: Sequence[int], raw: Any) -> Tensor:
-    """A tensor viewing ``raw`` (bytes, memoryview: the request's payload) without a copy. BYTES
-    use the protocol's serialisation (4-byte little-endian length before each element)."""
-    _known_datatype(name, datatype)
-    dims = check_shape(name, shape)
-    try:
-        return Tensor.from_buffer(raw, datatype, dims)
-    except InvalidArgumentError as e:
-        raise InvalidArgumentError(f"input '{name}': {e}") from None
 
 
 def tensor_from_values(name: str, datatype: str, shape: Sequence[int], values: Sequence[Any]) -> Tensor:

@@ -28,13 +28,15 @@ else the inference token when that is set (management is never easier to reach t
 
 Note [Binary tensor data]: a request body is the JSON header (``Inference-Header-Content-Length``
 bytes, or all of it without that header) followed by the blobs of the inputs that carry
-``parameters.binary_data_size``, in input order. Inputs are ``tensor_from_raw`` views of the body
-as uvicorn hands it over (joined once when it came in several chunks): nothing is copied between
-there and the batch gather. Binary outputs go to uvicorn as memoryviews of the output tensors,
+``parameters.binary_data_size``, in input order. Python reads the JSON header; the core decodes
+and checks the tensors against the version the request goes to, with the code and messages of the
+gRPC path (Note [HTTP requests] in csrc/python/py_protocol.cc): binary inputs are views of the body
+as uvicorn hands it over (joined once when it came in several chunks), and nothing is copied
+between there and the batch gather. Binary outputs go to uvicorn as memoryviews of the output tensors,
 which its h11 protocol copies once into the socket write. The blobs must add up to exactly the
 tail of the body; anything else is a 400 naming the input. ``Inference-Header-Content-Length: 0`` is
-Triton's raw binary request (the whole body is the one input of a one-input model, batch 1; every
-output comes back binary). No Content-Type is required or checked. Requests may be gzip/deflate
+Triton's raw binary request (the whole body is the one input of a one-input model, batch 1, its
+spec that of the version that runs; every output comes back binary). No Content-Type is required or checked. Requests may be gzip/deflate
 compressed (``Content-Encoding``); responses are never compressed.
 
 Note [Client disconnects]: uvicorn does not cancel a handler when its client goes away; it answers
@@ -81,6 +83,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.routing import Route, Router, request_response
 
+from .. import _core
 from .._version import __version__
 from ..admission import DEADLINE_HEADER, header_deadline_us
 from ..errors import InternalError, InvalidArgumentError, ModelserveError, NotFoundError, UnimplementedError
@@ -91,7 +94,6 @@ from .common import (
     ServerOptions,
     check_token,
     request_options,
-    tensor_from_raw,
     tensor_from_values,
     tensor_values,
 )
@@ -105,6 +107,7 @@ if TYPE_CHECKING:
 __all__ = ["create_app", "HttpFrontend"]
 
 log = logging.getLogger("modelserve.server.http")
+_protocol = _core.protocol
 
 _HEADER_LENGTH = "inference-header-content-length"
 _JSON = "application/json"
@@ -225,10 +228,11 @@ def _flag(params: Mapping[str, Any], key: str, default: bool, what: str) -> bool
     return value
 
 
-def _decode_input(
-    spec: Any, tail: memoryview, offset: int, what: str
-) -> tuple[str, Tensor, int]:
-    """One ``inputs[i]`` entry as (name, tensor, bytes of the binary tail it used)."""
+def _decode_input(spec: Any, tail_start: int, tail_size: int, offset: int, what: str) -> tuple[tuple[Any, ...], int]:
+    """One ``inputs[i]`` entry as its description for ``_core.protocol.http_request`` (Note [HTTP
+    requests] in csrc/python/py_protocol.cc): (name, datatype, shape, data), data the (offset,
+    size) of its binary data in the body or the Tensor its JSON data makes; and the bytes of the
+    binary tail it used. The core checks the datatype, shape and binary data at submit."""
     if not isinstance(spec, dict):
         raise InvalidArgumentError(f"{what}: each of 'inputs' must be a JSON object")
     name, datatype, shape = spec.get("name"), spec.get("datatype"), spec.get("shape")
@@ -244,47 +248,55 @@ def _decode_input(
         raise UnimplementedError(f"{where}: names a shared memory region; modelserve does not implement shared "
                               "memory, send the data as binary data or JSON")
     size = params.get("binary_data_size")
+    if size is not None:
+        if "data" in spec:
+            raise InvalidArgumentError(f"{where}: has both 'data' and parameters.binary_data_size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise InvalidArgumentError(f"{where}: binary_data_size must be a non-negative integer, got {size!r}")
+        if offset + size > tail_size:
+            raise InvalidArgumentError(
+                f"{where}: binary_data_size {size} goes past the end of the body "
+                f"({tail_size - offset} bytes of binary data left)"
+            )
+        if any(d < -(1 << 63) or d >= 1 << 63 for d in shape):  # what the core's int64 shape holds
+            raise InvalidArgumentError(f"{where}: shape {shape} has a dimension outside the int64 range")
+        return (name, datatype, shape, (tail_start + offset, size)), size
+    if "data" not in spec:
+        raise InvalidArgumentError(f"{where}: has neither 'data' nor parameters.binary_data_size")
+    if datatype == "BF16":  # numpy has no bfloat16 to check JSON numbers against (as in tritonclient)
+        raise InvalidArgumentError(f"{where}: BF16 data cannot travel as JSON; send it as binary data")
     try:
-        if size is not None:
-            if "data" in spec:
-                raise InvalidArgumentError(f"{where}: has both 'data' and parameters.binary_data_size")
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-                raise InvalidArgumentError(f"{where}: binary_data_size must be a non-negative integer, got {size!r}")
-            if offset + size > len(tail):
-                raise InvalidArgumentError(
-                    f"{where}: binary_data_size {size} goes past the end of the body "
-                    f"({len(tail) - offset} bytes of binary data left)"
-                )
-            return name, tensor_from_raw(name, datatype, shape, tail[offset : offset + size]), size
-        if "data" not in spec:
-            raise InvalidArgumentError(f"{where}: has neither 'data' nor parameters.binary_data_size")
-        if datatype == "BF16":  # numpy has no bfloat16 to check JSON numbers against (as in tritonclient)
-            raise InvalidArgumentError(f"{where}: BF16 data cannot travel as JSON; send it as binary data")
         # The value rules of common (Note [Value rules]) check every element's type and range.
-        return name, tensor_from_values(name, datatype, shape, _flatten(spec["data"], shape, name)), 0
+        tensor = tensor_from_values(name, datatype, shape, _flatten(spec["data"], shape, name))
     except InvalidArgumentError as e:
-        message = str(e)
-        raise InvalidArgumentError(message if message.startswith(what) else f"{what}: {message}") from None
+        raise InvalidArgumentError(f"{what}: {e}") from None
+    return (name, datatype, shape, tensor), 0
 
 
 class _InferRequest:
-    """A decoded inference request: what Runtime.infer_async takes, plus how to encode the reply."""
+    """A decoded inference request's header: the inputs as ``_core.protocol.http_request``
+    describes them, plus how to encode the reply."""
 
-    __slots__ = ("id", "inputs", "outputs", "binary", "binary_default", "options", "parameters")
+    __slots__ = ("id", "inputs", "single_input", "outputs", "binary", "binary_default", "options", "parameters")
 
     def __init__(self) -> None:
         self.id: str | None = None
-        self.inputs: dict[str, Tensor] = {}
+        self.inputs: list[tuple[Any, ...]] = []  # (name, datatype, shape, (offset, size) or Tensor)
+        self.single_input = False  # Triton's raw binary request: the body is the one input
         self.outputs: list[str] = []  # requested outputs, in order; [] = all
         self.binary: dict[str, bool] = {}  # per requested output
         self.binary_default = False
         self.options: dict[str, int] = {}
         self.parameters: Mapping[str, Any] = {}  # the request's parameters (a traffic policy's sticky key)
 
+    def native(self, body: bytes) -> Any:
+        """The request as the core decodes it (a ``_core.protocol.ParsedInferRequest``)."""
+        return _protocol.http_request(body, self.inputs, outputs=self.outputs, single_input=self.single_input)
+
 
 def _decode_infer(body: bytes, header_length: str | None, what: str) -> _InferRequest:
-    view = memoryview(body)
-    length = len(view)
+    req = _InferRequest()
+    length = len(body)
     if header_length is not None:
         try:
             length = int(header_length)
@@ -292,17 +304,20 @@ def _decode_infer(body: bytes, header_length: str | None, what: str) -> _InferRe
             raise InvalidArgumentError(
                 f"{what}: Inference-Header-Content-Length {header_length!r} is not an integer"
             ) from None
-        if length < 0 or length > len(view):
+        if length < 0 or length > len(body):
             raise InvalidArgumentError(
-                f"{what}: Inference-Header-Content-Length {length} is outside the body of {len(view)} bytes"
+                f"{what}: Inference-Header-Content-Length {length} is outside the body of {len(body)} bytes"
             )
+        if length == 0:  # Triton's raw binary request: the input's spec comes from the model
+            req.single_input = True
+            req.binary_default = True
+            return req
     try:
-        header = json.loads(view[:length].tobytes())
+        header = json.loads(body if length == len(body) else memoryview(body)[:length].tobytes())
     except (ValueError, RecursionError) as e:
         raise InvalidArgumentError(f"{what}: the request header is not valid JSON: {e}") from None
     if not isinstance(header, dict):
         raise InvalidArgumentError(f"{what}: the request header must be a JSON object")
-    req = _InferRequest()
     if "id" in header:
         if not isinstance(header["id"], str):
             raise InvalidArgumentError(f"{what}: 'id' must be a string, got {header['id']!r}")
@@ -315,17 +330,15 @@ def _decode_infer(body: bytes, header_length: str | None, what: str) -> _InferRe
     inputs = header.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise InvalidArgumentError(f"{what}: 'inputs' must be a non-empty list")
-    tail = view[length:]
+    tail = len(body) - length
     used = 0
     for spec in inputs:
-        name, tensor, size = _decode_input(spec, tail, used, what)
-        if name in req.inputs:
-            raise InvalidArgumentError(f"{what}: input '{name}' appears more than once")
-        req.inputs[name] = tensor
+        described, size = _decode_input(spec, length, tail, used, what)
+        req.inputs.append(described)
         used += size
-    if used != len(tail):
+    if used != tail:
         raise InvalidArgumentError(
-            f"{what}: the body carries {len(tail)} bytes after the JSON header but the inputs' "
+            f"{what}: the body carries {tail} bytes after the JSON header but the inputs' "
             f"binary_data_size add up to {used}"
         )
 
@@ -344,38 +357,6 @@ def _decode_infer(body: bytes, header_length: str | None, what: str) -> _InferRe
             raise UnimplementedError(f"{what} output '{name}': {feature} is not supported by modelserve")
         req.binary[name] = _flag(out_params, "binary_data", req.binary_default, f"{what} output '{name}'")
         req.outputs.append(name)
-    return req
-
-
-def _raw_request(body: bytes, metadata: Mapping[str, Any], batched: bool, what: str) -> _InferRequest:
-    """Triton's raw binary request (Inference-Header-Content-Length: 0): the body is the single
-    input of a one-input model, batch 1, with at most one variable dimension."""
-    if len(metadata["inputs"]) != 1:
-        raise InvalidArgumentError(
-            f"{what}: a raw binary request (Inference-Header-Content-Length: 0) needs a model with exactly "
-            f"one input; this one has {len(metadata['inputs'])}"
-        )
-    spec = metadata["inputs"][0]
-    datatype = spec["datatype"]
-    dims = list(spec["shape"][1:] if batched else spec["shape"])
-    if dims.count(-1) > 1:
-        raise InvalidArgumentError(f"{what}: a raw binary request needs at most one variable dimension in {dims}")
-    if -1 in dims:
-        fixed = math.prod(d for d in dims if d != -1)
-        if datatype == "BYTES":
-            count = 1
-        else:
-            per = fixed * NUMPY_DTYPES[datatype].itemsize
-            if per == 0 or len(body) % per:
-                raise InvalidArgumentError(
-                    f"{what}: input '{spec['name']}': {len(body)} bytes are not a whole number of {dims} {datatype} rows"
-                )
-            count = len(body) // per
-        dims[dims.index(-1)] = count
-    shape = [1] + dims if batched else dims
-    req = _InferRequest()
-    req.inputs[spec["name"]] = tensor_from_raw(spec["name"], datatype, shape, memoryview(body))
-    req.binary_default = True
     return req
 
 
@@ -698,12 +679,7 @@ class _Api:
         what = self._what(model, version)
         self.health.check_accepting()
         body = await self._body(request, what)
-        header_length = request.headers.get(_HEADER_LENGTH)
-        if header_length is not None and header_length.strip() == "0":
-            batched = self.runtime.model_config(model, version)["max_batch_size"] > 0
-            req = _raw_request(body, self.runtime.model_metadata(model, version), batched, what)
-        else:
-            req = _decode_infer(body, header_length, what)
+        req = _decode_infer(body, request.headers.get(_HEADER_LENGTH), what)
         deadline_us = header_deadline_us(request.headers.get(DEADLINE_HEADER), what)
         if deadline_us is not None:  # the earlier of the header and the timeout parameter wins
             req.options["timeout_us"] = min(req.options.get("timeout_us") or deadline_us, deadline_us)
@@ -711,14 +687,35 @@ class _Api:
         # number once, before the request is queued: that number is what runs and what the
         # response reports, whatever swap happens meanwhile. A policy's sticky key is read from
         # the request parameters, then the headers.
-        served = await _cancel_on_disconnect(
-            self.runtime.infer_routed_async(
-                model, req.inputs, version=version, outputs=req.outputs or None, as_numpy=False,
-                routing=collections.ChainMap(req.parameters, request.headers), **req.options
-            ),
-            request.receive,
-        )
-        return _encode_infer(model, str(served.version), req, served.outputs, self.options.max_message_bytes)
+        routing = collections.ChainMap(req.parameters, request.headers)
+        parsed = req.native(body)
+        if self.runtime.native_requests and not self.runtime.mirrors(model, version):
+            # The core decodes, checks and enqueues the tensors (Note [HTTP requests]).
+            pending, _, number = await _cancel_on_disconnect(
+                self.runtime.infer_parsed_async(model, parsed, what, version=version, routing=routing, **req.options),
+                request.receive,
+            )
+            outputs = pending.outputs(as_numpy=False)
+        else:  # a shadow compares the outputs, Ray's ingress forwards them: Python tensors
+            inputs, names = _protocol.decode(parsed, what, **self._single_input_spec(req, model, version))
+            served = await _cancel_on_disconnect(
+                self.runtime.infer_routed_async(
+                    model, inputs, version=version, outputs=names or None, as_numpy=False, routing=routing,
+                    **req.options
+                ),
+                request.receive,
+            )
+            number, outputs = served.version, served.outputs
+        return _encode_infer(model, str(number), req, outputs, self.options.max_message_bytes)
+
+    def _single_input_spec(self, req: _InferRequest, model: str, version: str | None) -> dict[str, Any]:
+        """What ``_core.protocol.decode`` needs to know of the model for a raw binary request."""
+        if not req.single_input:
+            return {}
+        batched = self.runtime.model_config(model, version)["max_batch_size"] > 0
+        specs = self.runtime.model_metadata(model, version)["inputs"]
+        inputs = [(t["name"], t["datatype"], t["shape"][1:] if batched else t["shape"]) for t in specs]
+        return {"model_inputs": inputs, "batched": batched}
 
     # --- metrics and unsupported extensions ------------------------------------------------------
     async def prometheus(self, request: Request) -> _Reply:
