@@ -393,3 +393,86 @@ def test_a_closed_engine_releases_its_backend_factory_so_its_owner_can_be_collec
     del owner
     gc.collect()
     assert alive() is None, "the closed engine's factory kept its owner alive"
+
+
+# --- Note [Caller runs] ---------------------------------------------------------------------------
+
+
+class Threads:
+    """Records the thread each batch ran on, and how many ran at once at most."""
+
+    def __init__(self, delay_s=0.0, gate=None):
+        self.delay_s, self.gate = delay_s, gate
+        self.lock = threading.Lock()
+        self.threads, self.active, self.most = [], 0, 0
+        self.started = threading.Event()
+
+    def execute(self, inputs):
+        with self.lock:
+            self.threads.append(threading.get_ident())
+            self.active += 1
+            self.most = max(self.most, self.active)
+        self.started.set()
+        try:
+            if self.gate is not None:
+                assert self.gate.wait(30), "test never opened the gate"
+            time.sleep(self.delay_s)
+            return {"OUTPUT0": inputs["INPUT0"] + 1}
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+def test_a_blocking_call_on_an_idle_instance_runs_on_the_callers_thread():
+    backend = Threads()
+    with ModelEngine("m", backend, max_batch_size=8) as e:
+        np.testing.assert_array_equal(e.infer(row(1))["OUTPUT0"], np.full((1, 4), 2))
+        e.submit(row(2)).wait(20)  # an enqueue without waiting never runs on its caller
+    assert backend.threads[0] == threading.get_ident()
+    assert backend.threads[1] != threading.get_ident()
+
+
+def test_a_blocking_call_with_a_queue_delay_waits_in_the_queue_as_before():
+    backend = Threads()
+    with ModelEngine("m", backend, max_batch_size=8, dynamic_batching={"max_queue_delay_us": 2000}) as e:
+        e.infer(row(1))
+    assert backend.threads == [backend.threads[0]] and backend.threads[0] != threading.get_ident()
+
+
+def test_callers_running_their_own_requests_keep_to_the_instance_count():
+    backend = Threads(delay_s=0.005)
+    with ModelEngine("m", backend, max_batch_size=1, instance_count=2) as e:
+        def call(k):
+            for _ in range(10):
+                np.testing.assert_array_equal(e.infer(row(k))["OUTPUT0"], np.full((1, 4), k + 1))
+
+        workers = [threading.Thread(target=call, args=(k,)) for k in range(5)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(60)
+        assert e.stats()["in_flight"] == 0 and e.stats()["success_count"] == 50
+    assert backend.most <= 2  # never more batches at once than instances
+    callers = {w.ident for w in workers}
+    assert callers & set(backend.threads)  # some ran on their callers ...
+    assert set(backend.threads) - callers  # ... and some, queued behind, on the instances' threads
+
+
+def test_removing_an_instance_waits_for_the_caller_running_a_batch_on_it():
+    gate = threading.Event()
+    backend = Threads(gate=gate)
+    with ModelEngine("m", backend, max_batch_size=8) as e:
+        result = {}
+        caller = threading.Thread(target=lambda: result.update(e.infer(row(3))))
+        caller.start()
+        assert backend.started.wait(20)
+        resize = threading.Thread(target=e.set_instance_count, args=(0,))
+        resize.start()
+        resize.join(0.3)
+        assert resize.is_alive()  # the backend is still in use on the caller's thread
+        gate.set()
+        caller.join(20)
+        resize.join(20)
+        assert not resize.is_alive() and e.instance_count == 0
+    assert backend.threads == [caller.ident]
+    np.testing.assert_array_equal(result["OUTPUT0"], np.full((1, 4), 4))

@@ -195,13 +195,39 @@ bool Executor::dispatch(Batch& batch) {
   return true;
 }
 
+bool Executor::claim(Batch& batch, Claim& claim) {
+  const size_t n = batch.requests.size();
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (stopping_) return false;
+  Instance* idle = nullptr;
+  for (const auto& inst : instances_) {
+    if (!inst->retiring && !inst->pipelined && inst->device.kind == DeviceKind::kCpu && inst->load() == 0) {
+      idle = inst.get();
+      break;
+    }
+  }
+  if (!idle) return false;
+  {
+    std::lock_guard<std::mutex> stats_lock(stats_mutex_);  // Note [Count before publishing]
+    stats_.in_flight += n;
+  }
+  idle->busy += 1;
+  claim.instance = idle;
+  claim.batch = std::move(batch);
+  return true;
+}
+
+void Executor::run_claimed(Claim& claim) { run_batch(*static_cast<Instance*>(claim.instance), claim.batch); }
+
 void Executor::worker(Instance* inst) {
   if (inst->device.kind == DeviceKind::kCuda) cuda::set_device(inst->device.id);
   while (true) {
     Batch batch;
     {
       std::unique_lock<std::mutex> lock(mutex_);
-      inst->cv.wait(lock, [&] { return !inst->work.empty() || inst->retiring; });
+      // A retiring instance exits once nothing of it runs (a caller may be running a batch on
+      // it: Note [Caller runs]); its own batches it runs first.
+      inst->cv.wait(lock, [&] { return !inst->work.empty() || (inst->retiring && inst->busy == 0); });
       if (inst->work.empty()) break;
       batch = std::move(inst->work.front());
       inst->work.pop_front();
@@ -463,6 +489,7 @@ void Executor::finish(Instance& inst, Batch& batch, const TensorList& outputs, c
   {
     std::lock_guard<std::mutex> lock(mutex_);
     inst.busy -= 1;
+    if (inst.retiring && inst.busy == 0) inst.cv.notify_all();  // its thread may exit now
   }
   if (on_slot_free_) on_slot_free_();
   for (size_t i = 0; i < batch.requests.size(); ++i) batch.requests[i]->complete(std::move(responses[i]));

@@ -91,8 +91,26 @@ struct ExecutorConfig {
 //
 // Resizing: set_instance_count() creates backends on the calling thread and starts their
 // threads; removing instances retires idle ones first. A retiring instance takes no new batches,
-// finishes those it holds and exits; the call returns when they have. Queued requests wait in
-// the batcher throughout, so nothing is lost.
+// finishes those it holds (a caller running one of its batches included) and exits; the call
+// returns when they have. Queued requests wait in the batcher throughout, so nothing is lost.
+//
+// Note [Caller runs]
+// ~~~~~~~~~~~~~~~~~~
+// A blocking call (Model.run: Runtime.infer, ModelEngine.infer) waits for its request anyway, so
+// when its request is due the moment it is enqueued (alone in the queue, no delay to wait, a free
+// slot) and a CPU instance is idle, the batch runs on the caller's own thread: claim() marks the
+// instance busy exactly as taking a batch from its `work` queue does, and run_claimed() runs it
+// through the same run_batch() and finish(). That saves the two thread hand-offs (to the
+// instance's thread and back to the waiting caller) that cost a lone request tens of
+// microseconds. What stays true:
+//   - instance limits: the claimed instance is busy (load() counts it) for the whole run, so no
+//     other batch is given to it and free_slots() sees one slot fewer, as for any batch;
+//   - ordering: the batcher formed the batch by its one rule (Note [Batch formation]) under its
+//     lock; only a request that was alone and due at once is ever run by its caller;
+//   - lifetime: a retiring or stopping instance's thread waits until `busy` is zero before it
+//     exits, so its backend outlives a caller's run on it.
+// Asynchronous submits (the event loop's) never run on their caller: a slow model would stall
+// the loop and every request on it. GPU instances keep their threads (streams, device context).
 class Executor final : public BatchSink {
  public:
   Executor(ExecutorConfig config, BackendFactory factory, std::function<void()> on_slot_free);
@@ -107,6 +125,8 @@ class Executor final : public BatchSink {
 
   size_t free_slots() const override;
   bool dispatch(Batch& batch) override;
+  bool claim(Batch& batch, Claim& claim) override;  // Note [Caller runs]
+  void run_claimed(Claim& claim) override;
 
   // Statistics; the batcher's queue length is added by the owner (Model).
   ModelStats stats() const;

@@ -143,6 +143,17 @@ py::object outputs_of(const RequestState& s, bool as_numpy) {
   return out;
 }
 
+// A request for {name: tensor-like} `inputs` asking for `outputs` (empty: all).
+RequestPtr request_of(const py::dict& inputs, std::vector<std::string> outputs) {
+  auto request = std::make_unique<Request>();
+  request->inputs.reserve(inputs.size());
+  for (auto item : inputs) {
+    request->inputs.push_back({py::str(item.first).cast<std::string>(), as_tensor(item.second)});
+  }
+  request->requested_outputs = std::move(outputs);
+  return request;
+}
+
 // Enqueues `request` on `model` with a RequestState that the completion fills (and, when given,
 // `queue` is told of, with `tag`); Model::submit's checks apply. Returns the state (Pending).
 std::shared_ptr<RequestState> submit_request(const std::shared_ptr<Model>& model, RequestPtr request,
@@ -150,6 +161,7 @@ std::shared_ptr<RequestState> submit_request(const std::shared_ptr<Model>& model
                                              std::shared_ptr<CompletionQueue> queue, int64_t tag) {
   request->priority = priority;
   request->timeout_us = timeout_us;
+  request->caller_runs = false;
   auto state = std::make_shared<RequestState>();
   state->tag = tag;
   state->queue = std::move(queue);
@@ -443,16 +455,31 @@ PYBIND11_MODULE(_core, m) {
           [](PyModel& self, const py::dict& inputs, std::vector<std::string> outputs, uint32_t priority,
              int64_t timeout_us, std::shared_ptr<CompletionQueue> queue, int64_t tag) {
             release_python_owners();
-            auto request = std::make_unique<Request>();
-            request->inputs.reserve(inputs.size());
-            for (auto item : inputs) {
-              request->inputs.push_back({py::str(item.first).cast<std::string>(), as_tensor(item.second)});
-            }
-            request->requested_outputs = std::move(outputs);
+            RequestPtr request = request_of(inputs, std::move(outputs));
             return submit_request(self.get(), std::move(request), priority, timeout_us, std::move(queue), tag);
           },
           py::arg("inputs"), py::kw_only(), py::arg("outputs") = std::vector<std::string>{}, py::arg("priority") = 0,
           py::arg("timeout_us") = 0, py::arg("queue") = nullptr, py::arg("tag") = 0)
+      .def(
+          "run",
+          [](PyModel& self, const py::dict& inputs, std::vector<std::string> outputs, uint32_t priority,
+             int64_t timeout_us) {
+            release_python_owners();
+            RequestPtr request = request_of(inputs, std::move(outputs));
+            request->priority = priority;
+            request->timeout_us = timeout_us;
+            request->caller_runs = true;
+            auto state = std::make_shared<RequestState>();
+            state->model = self.get();
+            request->completion = [state](Response&& r) { state->complete(std::move(r)); };
+            py::gil_scoped_release release;  // a Python backend takes it back on this thread
+            state->id = self.get()->submit(request);
+            state->wait(-1.0);
+            return state;
+          },
+          py::arg("inputs"), py::kw_only(), py::arg("outputs") = std::vector<std::string>{}, py::arg("priority") = 0,
+          py::arg("timeout_us") = 0,
+          "submits and waits: a completed Pending; an idle instance may run it on this thread (Note [Caller runs])")
       .def(
           "submit_parsed",
           [](PyModel& self, const py::handle& parsed, const std::string& where, uint32_t priority, int64_t timeout_us,

@@ -76,6 +76,7 @@ void DynamicBatcher::enqueue(RequestPtr& request) {
   Request& r = *request;
   Batch batch;
   bool dispatch_now = false;
+  bool caller_may_run = false;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     MS_EXPECTS(accepting_, kUnavailable, config_.model, ": not accepting requests (shutting down)");
@@ -125,11 +126,13 @@ void DynamicBatcher::enqueue(RequestPtr& request) {
     Clock::time_point due;
     if (sink_ != nullptr && take_due_locked(r.enqueue_time, batch, due)) {
       dispatch_now = true;
+      // Note [Caller runs]: this request alone, due at once, and its submitter waits for it.
+      caller_may_run = r.caller_runs && batch.requests.size() == 1 && batch.requests.front().get() == &r;
     } else if (std::min(r.deadline, due) < sleeping_until_) {
       cv_.notify_one();
     }
   }
-  if (dispatch_now) hand_off(batch);
+  if (dispatch_now) hand_off(batch, caller_may_run);
 }
 
 bool DynamicBatcher::cancel(uint64_t request_id) {
@@ -178,19 +181,26 @@ void DynamicBatcher::notify() {
   hand_off(batch);
 }
 
-void DynamicBatcher::hand_off(Batch& batch) {
-  const bool taken = sink_->dispatch(batch);
-  std::lock_guard<std::mutex> lock(mutex_);
-  dispatching_ -= 1;
-  if (!taken) {
-    // No instance left (a resize to zero raced the dispatch): back to the front, in order.
-    for (auto it = batch.requests.rbegin(); it != batch.requests.rend(); ++it) {
-      queued_ += 1;
-      queued_bytes_ += (*it)->byte_size;
-      queues_[std::min<size_t>((*it)->level, queues_.size() - 1)].push_front(std::move(*it));
+void DynamicBatcher::hand_off(Batch& batch, bool caller_may_run) {
+  BatchSink::Claim claim;
+  const bool claimed = caller_may_run && sink_->claim(batch, claim);
+  const bool taken = claimed || sink_->dispatch(batch);
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    dispatching_ -= 1;  // the batch holds its slot now: claimed, dispatched, or back in the queue
+    if (!taken) {
+      // No instance left (a resize to zero raced the dispatch): back to the front, in order.
+      for (auto it = batch.requests.rbegin(); it != batch.requests.rend(); ++it) {
+        queued_ += 1;
+        queued_bytes_ += (*it)->byte_size;
+        queues_[std::min<size_t>((*it)->level, queues_.size() - 1)].push_front(std::move(*it));
+      }
     }
+    cv_.notify_one();  // more may be due, or the batcher's timer may need resetting
   }
-  cv_.notify_one();  // more may be due, or the batcher's timer may need resetting
+  // The caller keeps the model alive (it is in submit), and the executor's stop waits for the
+  // claimed instance to be idle again, so running outside the batcher's lock is safe.
+  if (claimed) sink_->run_claimed(claim);
 }
 
 bool DynamicBatcher::take_due_locked(Clock::time_point now, Batch& batch, Clock::time_point& wake) {

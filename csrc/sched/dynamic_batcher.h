@@ -29,16 +29,27 @@ struct BatcherConfig {
   }
 };
 
-// What the batcher hands batches to (the Executor). The batcher calls both methods from its own
-// thread only, so free_slots() can only grow between the two calls.
+// What the batcher hands batches to (the Executor). The batcher counts the batches it has popped
+// and not yet handed over (Note [Inline dispatch]), so free_slots() is never over-used.
 class BatchSink {
  public:
+  // A batch an idle instance took for the calling thread to run (Note [Caller runs]).
+  struct Claim {
+    void* instance = nullptr;  // the sink's own
+    Batch batch;
+  };
+
   virtual ~BatchSink() = default;
   // Batches the sink would start now without queueing them behind others.
   virtual size_t free_slots() const = 0;
   // Takes the batch and returns true; returns false, leaving `batch` untouched, when there is no
   // instance to take it (all were removed meanwhile): the batcher then queues it again.
   virtual bool dispatch(Batch& batch) = 0;
+  // Takes the batch into `claim` for an idle instance that the calling thread may run it on
+  // (run_claimed), and returns true; false, `batch` untouched, when no instance can (dispatch it).
+  virtual bool claim(Batch& batch, Claim& claim) { return false; }
+  // Runs a claimed batch on the calling thread; its requests complete before this returns.
+  virtual void run_claimed(Claim& claim) {}
 };
 
 // Note [Batch formation]
@@ -106,7 +117,8 @@ class DynamicBatcher {
   // Moves every queued request into `dropped` (shutdown without drain, or a drain out of time).
   void drop_all_locked(std::vector<RequestPtr>& dropped);
   // Dispatches a popped batch outside the lock; queues it again if the sink has no instance.
-  void hand_off(Batch& batch);
+  // With `caller_may_run`, an idle instance may run it on the calling thread (Note [Caller runs]).
+  void hand_off(Batch& batch, bool caller_may_run = false);
   // Pops a batch that is due now into `batch` (true), or tells when to look again (`wake`).
   bool take_due_locked(Clock::time_point now, Batch& batch, Clock::time_point& wake);
   bool compatible(const Request& a, const Request& b) const;

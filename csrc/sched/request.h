@@ -40,6 +40,8 @@ struct Request {
   std::vector<std::string> requested_outputs;  // empty = every output
   uint32_t priority = 0;     // 0 = the model's default level; 1 is the most urgent
   int64_t timeout_us = 0;    // queue timeout; 0 = the model's default_timeout_us
+  // The submitting thread waits for this request and may run it itself (Note [Caller runs]).
+  bool caller_runs = false;
   Completion completion;
 
   // Set by the batcher on enqueue.

@@ -171,6 +171,12 @@ class Model:
         self, inputs: Mapping[str, Any], *, outputs: Sequence[str] = (), priority: SupportsIndex = 0,
         timeout_us: SupportsIndex = 0, queue: CompletionQueue | None = None, tag: SupportsIndex = 0,
     ) -> Pending: ...
+    def run(
+        self, inputs: Mapping[str, Any], *, outputs: Sequence[str] = (), priority: SupportsIndex = 0,
+        timeout_us: SupportsIndex = 0,
+    ) -> Pending:
+        """Submits and waits: a completed Pending; an idle instance may run it on this thread
+        (Note [Caller runs])."""
     def submit_parsed(
         self, request: _Protocol.ParsedInferRequest, where: str, *, priority: SupportsIndex = 0,
         timeout_us: SupportsIndex = 0, queue: CompletionQueue | None = None, tag: SupportsIndex = 0,

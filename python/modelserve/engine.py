@@ -173,9 +173,20 @@ class ModelEngine:
         timeout_us: int = 0,
     ) -> dict[str, np.ndarray]:
         """Runs one request and returns its outputs as numpy arrays (views of the batch output)."""
-        pending = self.submit(inputs, outputs=outputs, priority=priority, timeout_us=timeout_us)
-        pending.wait()
-        return pending.outputs()
+        return self.run(inputs, outputs=outputs, priority=priority, timeout_us=timeout_us).outputs()
+
+    def run(
+        self,
+        inputs: Mapping[str, Any],
+        *,
+        outputs: Iterable[str] | None = None,
+        priority: int = 0,
+        timeout_us: int = 0,
+    ) -> Any:
+        """Submits a request and waits for it; returns its completed ``Pending``. A request that
+        finds an idle instance and nothing ahead of it runs on this thread, without a hand-off to
+        the instance's thread and back (Note [Caller runs] in csrc/exec/executor.h)."""
+        return self._model.run(dict(inputs), outputs=list(outputs or ()), priority=priority, timeout_us=timeout_us)
 
     def submit_async(
         self,

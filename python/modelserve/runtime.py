@@ -150,10 +150,11 @@ class Runtime:
     ) -> dict[str, np.ndarray]:
         """Runs one request (batched with others by the model's dynamic batcher) and returns its
         outputs as numpy arrays."""
-        pending = self.submit(
-            model, inputs, version=version, outputs=outputs, priority=priority, timeout_us=timeout_us, routing=routing
+        pending = self._enqueue(
+            "run", model, inputs, version=version, outputs=outputs, priority=priority, timeout_us=timeout_us,
+            routing=routing,
         )
-        pending.wait()
+        pending.wait()  # done already (ModelEngine.run); a routed request records its outcome here
         return pending.outputs()
 
     def submit(
@@ -168,14 +169,34 @@ class Runtime:
         routing: Mapping[str, Any] | None = None,
     ) -> Any:
         """Enqueues a request; returns a handle with ``wait()``, ``outputs()``, ``cancel()``."""
+        return self._enqueue(
+            "submit", model, inputs, version=version, outputs=outputs, priority=priority, timeout_us=timeout_us,
+            routing=routing,
+        )
+
+    def _enqueue(
+        self,
+        how: str,
+        model: str,
+        inputs: Mapping[str, Any],
+        *,
+        version: Version,
+        outputs: Iterable[str] | None,
+        priority: int,
+        timeout_us: int,
+        routing: Mapping[str, Any] | None,
+    ) -> Any:
+        """:meth:`submit` through the routed engine's ``how``: ``"submit"`` (enqueue) or ``"run"``
+        (enqueue and wait, ModelEngine.run)."""
         endpoint = self.traffic.active.get(model) if version is None else None
         if endpoint is None:
             with self.repository.get(model).route(version) as mv:
-                return _submit(mv, mv.engine.submit, inputs, outputs=outputs, priority=priority, timeout_us=timeout_us)
+                return _submit(mv, getattr(mv.engine, how), inputs, outputs=outputs, priority=priority,
+                               timeout_us=timeout_us)
         routed = endpoint.route(routing)
         try:
             with self.repository.get(routed.model).route(routed.version) as mv:
-                pending = _submit(mv, mv.engine.submit, inputs, outputs=outputs, priority=priority,
+                pending = _submit(mv, getattr(mv.engine, how), inputs, outputs=outputs, priority=priority,
                                   timeout_us=timeout_us)
         except BaseException as e:
             routed.fail(e)

@@ -146,7 +146,8 @@ class ManagedModel:
 
     @contextlib.contextmanager
     def route(self, version: int | str | None = None) -> Iterator[ModelVersion]:
-        """A READY version for one request, held until the request is in its queue."""
+        """A READY version for one request, held until the request is in its queue (for a
+        blocking ``Runtime.infer``, which enqueues and waits in one native call: until it is done)."""
         with self._lock:
             mv = self.lookup(version)
             if not mv.enter():
