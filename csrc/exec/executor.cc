@@ -62,7 +62,7 @@ struct Executor::Instance {
   size_t load() const { return work.size() + busy; }
 };
 
-Executor::Executor(ExecutorConfig config, BackendFactory factory, std::function<void()> on_slot_free)
+Executor::Executor(ExecutorConfig config, BackendFactory factory, std::function<void(int64_t, int64_t)> on_slot_free)
     : config_(std::move(config)), factory_(std::move(factory)), on_slot_free_(std::move(on_slot_free)) {
   if (config_.device.kind == DeviceKind::kCuda) {
     MS_EXPECTS(config_.device.id < cuda::device_count(), kUnavailable, config_.model, ": instances on ",
@@ -131,7 +131,7 @@ void Executor::set_instance_count(int count) {
     std::lock_guard<std::mutex> lock(stats_mutex_);
     stats_.instances = count;
   }
-  if (on_slot_free_) on_slot_free_();
+  if (on_slot_free_) on_slot_free_(0, 0);
 }
 
 int Executor::instance_count() const {
@@ -215,6 +215,13 @@ bool Executor::claim(Batch& batch, Claim& claim) {
   claim.instance = idle;
   claim.batch = std::move(batch);
   return true;
+}
+
+size_t Executor::instances() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  size_t n = 0;
+  for (const auto& inst : instances_) n += inst->retiring ? 0 : 1;
+  return n;
 }
 
 void Executor::run_claimed(Claim& claim) { run_batch(*static_cast<Instance*>(claim.instance), claim.batch); }
@@ -491,7 +498,9 @@ void Executor::finish(Instance& inst, Batch& batch, const TensorList& outputs, c
     inst.busy -= 1;
     if (inst.retiring && inst.busy == 0) inst.cv.notify_all();  // its thread may exit now
   }
-  if (on_slot_free_) on_slot_free_();
+  if (on_slot_free_) {
+    on_slot_free_(failure.is_ok() ? batch.batch_size : 0, t.compute_input_ns + t.compute_infer_ns + t.compute_output_ns);
+  }
   for (size_t i = 0; i < batch.requests.size(); ++i) batch.requests[i]->complete(std::move(responses[i]));
   batch.requests.clear();
 }

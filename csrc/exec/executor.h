@@ -63,6 +63,10 @@ struct ModelStats {
   uint64_t queued = 0;          // in the batcher's queue now
   uint64_t in_flight = 0;       // dispatched to an instance, not yet completed
   int instances = 0;
+  // What the batcher waits for now (Note [Latency target]; the static settings without one):
+  int64_t batch_rows_planned = 0;  // the batch size it waits for
+  int64_t batch_cap = 0;           // the largest batch it forms
+  int64_t batch_delay_us = 0;      // how long the oldest request may wait for it
 };
 
 struct ExecutorConfig {
@@ -113,7 +117,9 @@ struct ExecutorConfig {
 // the loop and every request on it. GPU instances keep their threads (streams, device context).
 class Executor final : public BatchSink {
  public:
-  Executor(ExecutorConfig config, BackendFactory factory, std::function<void()> on_slot_free);
+  // on_slot_free(rows, compute_ns): a slot became free; rows > 0 when a batch of that many rows
+  // just finished, in compute_ns (gather + execute + scatter), 0 after a resize.
+  Executor(ExecutorConfig config, BackendFactory factory, std::function<void(int64_t, int64_t)> on_slot_free);
   ~Executor() override;
   Executor(const Executor&) = delete;
   Executor& operator=(const Executor&) = delete;
@@ -127,6 +133,7 @@ class Executor final : public BatchSink {
   bool dispatch(Batch& batch) override;
   bool claim(Batch& batch, Claim& claim) override;  // Note [Caller runs]
   void run_claimed(Claim& claim) override;
+  size_t instances() const override;
 
   // Statistics; the batcher's queue length is added by the owner (Model).
   ModelStats stats() const;
@@ -152,7 +159,7 @@ class Executor final : public BatchSink {
   // object that owns this executor (a repository version), a cycle Python's collector cannot see
   // through the core, so holding it past stop() would keep every unloaded version alive.
   BackendFactory factory_;
-  const std::function<void()> on_slot_free_;
+  const std::function<void(int64_t, int64_t)> on_slot_free_;
 
   mutable std::mutex mutex_;
   std::vector<std::unique_ptr<Instance>> instances_;  // guarded by mutex_ (the vector and each

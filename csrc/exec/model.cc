@@ -13,7 +13,7 @@ Model::Model(ModelConfig config, BackendFactory factory)
     : config_(std::move(config)),
       batcher_(with_label(config_.batching, config_)),
       executor_(ExecutorConfig{config_.label(), config_.batching.max_batch_size, config_.device}, std::move(factory),
-                [this] { batcher_.notify(); }) {
+                [this](int64_t rows, int64_t compute_ns) { batcher_.notify(rows, compute_ns); }) {
   config_.batching.model = config_.label();
   batcher_.start(&executor_);
   try {
@@ -137,6 +137,10 @@ void Model::shutdown(bool drain, std::chrono::nanoseconds drain_timeout) {
 ModelStats Model::stats() const {
   ModelStats s = executor_.stats();
   s.queued = batcher_.queued();
+  const LatencyTarget::Plan plan = batcher_.plan();
+  s.batch_rows_planned = plan.rows;
+  s.batch_cap = plan.cap;
+  s.batch_delay_us = plan.delay_us;
   return s;
 }
 

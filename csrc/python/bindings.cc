@@ -92,6 +92,7 @@ void apply_batching_kwargs(BatcherConfig& b, const py::kwargs& kw) {
     if (key == "max_batch_size") b.max_batch_size = v.cast<int64_t>();
     else if (key == "preferred_batch_sizes") b.preferred_batch_sizes = v.cast<std::vector<int64_t>>();
     else if (key == "max_queue_delay_us") b.max_queue_delay_us = v.cast<int64_t>();
+    else if (key == "latency_target_us") b.latency_target_us = v.is_none() ? 0 : v.cast<int64_t>();
     else if (key == "max_queue_size") b.max_queue_size = v.cast<size_t>();
     else if (key == "max_queue_bytes") b.max_queue_bytes = v.cast<size_t>();
     else if (key == "default_timeout_us") b.default_timeout_us = v.cast<int64_t>();
@@ -106,6 +107,7 @@ py::dict batching_dict(const BatcherConfig& b) {
   d["max_batch_size"] = b.max_batch_size;
   d["preferred_batch_sizes"] = b.preferred_batch_sizes;
   d["max_queue_delay_us"] = b.max_queue_delay_us;
+  d["latency_target_us"] = b.latency_target_us > 0 ? py::object(py::int_(b.latency_target_us)) : py::none();
   d["max_queue_size"] = b.max_queue_size;
   d["max_queue_bytes"] = b.max_queue_bytes;
   d["default_timeout_us"] = b.default_timeout_us;
@@ -557,6 +559,9 @@ PYBIND11_MODULE(_core, m) {
         d["queued"] = s.queued;
         d["in_flight"] = s.in_flight;
         d["instances"] = s.instances;
+        d["batch_rows_planned"] = s.batch_rows_planned;
+        d["batch_cap"] = s.batch_cap;
+        d["batch_delay_us"] = s.batch_delay_us;
         return d;
       });
 

@@ -16,6 +16,7 @@
 #include "exec/model.h"
 #include "exec/native_backends.h"
 #include "memory/default_resources.h"
+#include "sched/latency_target.h"
 
 namespace py = pybind11;
 
@@ -175,6 +176,27 @@ py::dict scheduler_overhead(int submitters, int requests_per_submitter, int64_t 
 
 void bind_bench(py::module_& m) {
   py::module_ b = m.def_submodule("_bench", "native measurement loops for bench/micro");
+  // The batcher's latency planner on its own, for deterministic tests (times in microseconds
+  // from an arbitrary epoch).
+  auto at = [](double t_us) { return Clock::time_point(std::chrono::microseconds(static_cast<int64_t>(t_us))); };
+  py::class_<LatencyTarget>(b, "LatencyTarget")
+      .def(py::init<>())
+      .def("on_arrival", [at](LatencyTarget& l, int64_t rows, double t_us) { l.on_arrival(rows, at(t_us)); },
+           py::arg("rows"), py::arg("t_us"))
+      .def("on_batch", &LatencyTarget::on_batch, py::arg("rows"), py::arg("compute_ns"))
+      .def("compute_us", &LatencyTarget::compute_us, py::arg("rows"))
+      .def("compute_p99_us", &LatencyTarget::compute_p99_us, py::arg("rows"))
+      .def(
+          "plan",
+          [at](const LatencyTarget& l, int64_t target_us, int64_t max_batch_size, int64_t instances, double now_us) {
+            const LatencyTarget::Plan p = l.plan(target_us, max_batch_size, instances, at(now_us));
+            py::dict d;
+            d["rows"] = p.rows;
+            d["cap"] = p.cap;
+            d["delay_us"] = p.delay_us;
+            return d;
+          },
+          py::arg("target_us"), py::arg("max_batch_size"), py::arg("instances"), py::arg("now_us"));
   b.def(
       "allocate_free",
       [](const std::shared_ptr<MemoryResource>& r, size_t bytes, int iterations, int rounds) {

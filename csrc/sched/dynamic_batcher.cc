@@ -18,6 +18,10 @@ void BatcherConfig::validate() const {
   }
   MS_EXPECTS(max_queue_delay_us >= 0, kInvalidArgument, model,
              ": dynamic_batching.max_queue_delay_us must be >= 0, got ", max_queue_delay_us);
+  MS_EXPECTS(latency_target_us >= 0, kInvalidArgument, model,
+             ": dynamic_batching.latency_target_us must be > 0 (or unset), got ", latency_target_us);
+  MS_EXPECTS(latency_target_us == 0 || max_batch_size > 0, kInvalidArgument, model,
+             ": dynamic_batching.latency_target_us needs a model that batches (max_batch_size > 0)");
   MS_EXPECTS(default_timeout_us >= 0, kInvalidArgument, model,
              ": dynamic_batching.default_timeout_us must be >= 0, got ", default_timeout_us);
   MS_EXPECTS(priority_levels >= 1, kInvalidArgument, model,
@@ -110,6 +114,7 @@ void DynamicBatcher::enqueue(RequestPtr& request) {
     const uint32_t level = r.priority ? r.priority : config_.effective_default_level();
     r.level = level - 1;
     r.enqueue_time = Clock::now();
+    latency_.on_arrival(r.batch_size, r.enqueue_time);
     const int64_t timeout_us = r.timeout_us > 0 ? r.timeout_us : config_.default_timeout_us;
     // A timeout past the clock's range is no timeout (2^62 us would overflow the nanosecond clock).
     const int64_t room_us =
@@ -168,10 +173,11 @@ bool DynamicBatcher::cancel(uint64_t request_id) {
 // batcher thread keeps the timers (queue delays, deadlines) and shutdown; others wake it only
 // when they bring a timer earlier than the one it sleeps on (`sleeping_until_`), so a request
 // arriving while every instance is busy costs no wake-up at all.
-void DynamicBatcher::notify() {
+void DynamicBatcher::notify(int64_t rows, int64_t compute_ns) {
   Batch batch;
   {
     std::lock_guard<std::mutex> lock(mutex_);
+    if (rows > 0) latency_.on_batch(rows, compute_ns);
     Clock::time_point wake;
     if (sink_ == nullptr || !take_due_locked(Clock::now(), batch, wake)) {
       if (wake < sleeping_until_) cv_.notify_one();  // a delay to wait out; under the lock
@@ -253,6 +259,16 @@ size_t DynamicBatcher::queued_bytes() const {
   return queued_bytes_;
 }
 
+LatencyTarget::Plan DynamicBatcher::plan() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (config_.latency_target_us > 0) return plan_;
+  LatencyTarget::Plan p;
+  p.rows = config_.max_batch_size;
+  p.cap = config_.max_batch_size;
+  p.delay_us = config_.max_queue_delay_us;
+  return p;
+}
+
 bool DynamicBatcher::compatible(const Request& a, const Request& b) const {
   if (a.inputs.size() != b.inputs.size()) return false;
   for (size_t i = 0; i < a.inputs.size(); ++i) {
@@ -269,6 +285,12 @@ bool DynamicBatcher::compatible(const Request& a, const Request& b) const {
 // See Note [Batch formation].
 DynamicBatcher::Formed DynamicBatcher::form_locked(Clock::time_point now) const {
   Formed f;
+  const bool planned = config_.latency_target_us > 0 && config_.max_batch_size > 0;
+  if (planned) {
+    plan_ = latency_.plan(config_.latency_target_us, config_.max_batch_size,
+                          static_cast<int64_t>(sink_ ? sink_->instances() : 1), now);
+  }
+  const int64_t limit = planned ? plan_.cap : config_.max_batch_size;
   const Request* first = nullptr;
   int64_t rows = 0;
   size_t count = 0, preferred_count = 0;
@@ -282,7 +304,7 @@ DynamicBatcher::Formed DynamicBatcher::form_locked(Clock::time_point now) const 
           f.count = 1;
           return f;
         }
-      } else if (!compatible(*first, *r) || rows + r->batch_size > config_.max_batch_size) {
+      } else if (!compatible(*first, *r) || rows + r->batch_size > limit) {
         stopped_early = true;
         break;
       }
@@ -291,7 +313,7 @@ DynamicBatcher::Formed DynamicBatcher::form_locked(Clock::time_point now) const 
       oldest = std::min(oldest, r->enqueue_time);
       const auto& pref = config_.preferred_batch_sizes;
       if (std::find(pref.begin(), pref.end(), rows) != pref.end()) preferred_count = count;
-      if (rows == config_.max_batch_size) {
+      if (rows >= limit) {
         stopped_early = true;
         break;
       }
@@ -303,8 +325,11 @@ DynamicBatcher::Formed DynamicBatcher::form_locked(Clock::time_point now) const 
     f.count = count;
   } else if (preferred_count > 0) {
     f.count = preferred_count;
+  } else if (planned && rows >= plan_.rows) {
+    f.count = count;  // the batch the plan waits for
   } else {
-    const auto due = oldest + std::chrono::microseconds(config_.max_queue_delay_us);
+    const int64_t delay_us = planned ? plan_.delay_us : config_.max_queue_delay_us;
+    const auto due = oldest + std::chrono::microseconds(delay_us);
     if (now >= due) {
       f.count = count;
     } else {

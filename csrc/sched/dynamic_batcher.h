@@ -8,6 +8,7 @@
 #include <thread>
 #include <vector>
 
+#include "sched/latency_target.h"
 #include "sched/request.h"
 
 namespace modelserve {
@@ -17,6 +18,7 @@ struct BatcherConfig {
   int64_t max_batch_size = 0;   // 0 = the model does not batch
   std::vector<int64_t> preferred_batch_sizes;
   int64_t max_queue_delay_us = 0;
+  int64_t latency_target_us = 0;  // 0 = Triton's static rules; else Note [Latency target]
   size_t max_queue_size = 0;    // requests; 0 = unbounded
   size_t max_queue_bytes = 0;   // input bytes of queued requests; 0 = unbounded
   int64_t default_timeout_us = 0;
@@ -50,6 +52,8 @@ class BatchSink {
   virtual bool claim(Batch& batch, Claim& claim) { return false; }
   // Runs a claimed batch on the calling thread; its requests complete before this returns.
   virtual void run_claimed(Claim& claim) {}
+  // Instances that take batches (a latency target plans for their number).
+  virtual size_t instances() const { return 1; }
 };
 
 // Note [Batch formation]
@@ -64,7 +68,8 @@ class BatchSink {
 //   2. otherwise, if the rows collected reached a preferred size at some point -> dispatch the
 //      longest prefix that was of a preferred size;
 //   3. otherwise, with no max_queue_delay_us (or once the oldest candidate has waited that long)
-//      -> dispatch what there is;
+//      -> dispatch what there is; with a latency_target_us, the delay and the batch size to wait
+//      for are planned afresh (Note [Latency target]), and no batch grows past the plan's cap;
 //   4. otherwise wait until the oldest candidate's delay runs out, or the queue changes.
 // A model with max_batch_size 0 runs every request alone, at once.
 //
@@ -97,12 +102,15 @@ class DynamicBatcher {
   bool cancel(uint64_t request_id);
   // A slot became free in the sink: forms and dispatches a batch on the calling thread if one is
   // due now (saving the batcher thread's wake-up on the hot path), else wakes the batcher thread.
-  void notify();
+  // `rows` > 0: a batch of that many rows just finished in `compute_ns` (Note [Latency target]).
+  void notify(int64_t rows = 0, int64_t compute_ns = 0);
 
   void set_config(BatcherConfig config);  // applies to the next batch; queued requests stay
   BatcherConfig config() const;
   size_t queued() const;
   size_t queued_bytes() const;
+  // The latency target's last plan (Note [Latency target]); the static delay without a target.
+  LatencyTarget::Plan plan() const;
 
  private:
   struct Formed {
@@ -143,6 +151,8 @@ class DynamicBatcher {
   // When the batcher thread will next look by itself (max: only when woken; the epoch while it
   // is awake); guarded by mutex_. Others wake it only for an earlier deadline or delay.
   Clock::time_point sleeping_until_{};
+  LatencyTarget latency_;                     // guarded by mutex_
+  mutable LatencyTarget::Plan plan_;          // guarded by mutex_; the last plan form_locked made
   BatchSink* sink_ = nullptr;
   std::thread thread_;
 };

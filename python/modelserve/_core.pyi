@@ -270,6 +270,19 @@ class _Protocol(ModuleType):
 class _Bench(ModuleType):
     """``modelserve._core._bench``: native measurement loops for bench/micro."""
 
+    class LatencyTarget:
+        """The batcher's latency planner on its own (Note [Latency target]); times in µs."""
+
+        def __init__(self) -> None: ...
+        def on_arrival(self, rows: SupportsIndex, t_us: float) -> None: ...
+        def on_batch(self, rows: SupportsIndex, compute_ns: SupportsIndex) -> None: ...
+        def compute_us(self, rows: float) -> float: ...
+        def compute_p99_us(self, rows: float) -> float: ...
+        def plan(
+            self, target_us: SupportsIndex, max_batch_size: SupportsIndex, instances: SupportsIndex, now_us: float
+        ) -> dict[str, int]:
+            """{"rows", "cap", "delay_us"}: the batch size to wait for, the largest, the delay."""
+
     def allocate_free(
         self, resource: MemoryResource, bytes: SupportsIndex, iterations: SupportsIndex = 100000,
         rounds: SupportsIndex = 11,

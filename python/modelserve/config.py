@@ -95,6 +95,8 @@ class DynamicBatchingConfig(_Strict):
     """Triton's dynamic batching settings (see the README's "Dynamic batching")."""
 
     max_queue_delay_us: int = Field(default=0, ge=0)
+    # Note [Latency target] (csrc/sched/latency_target.h): the delay and batch size adapt to it.
+    latency_target_us: int | None = Field(default=None, ge=1)
     preferred_batch_sizes: list[typing.Annotated[int, Field(ge=1)]] = Field(default_factory=list)
     max_queue_size: int = Field(default=0, ge=0)
     max_queue_bytes: int = Field(default=0, ge=0)

@@ -36,6 +36,7 @@ NativeBackend = _core.NativeBackend
 #: The settings of ``dynamic_batching`` (DESIGN.md's config section) the core understands.
 BATCHING_KEYS = (
     "max_queue_delay_us",
+    "latency_target_us",
     "preferred_batch_sizes",
     "max_queue_size",
     "max_queue_bytes",

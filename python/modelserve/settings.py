@@ -5,7 +5,7 @@ What can change while a version serves, through :meth:`Runtime.set_batching`,
 ``modelserve settings set``:
 
 - ``dynamic_batching``: every key but ``max_batch_size`` (``max_queue_delay_us``,
-  ``preferred_batch_sizes``, ``max_queue_size``, ``max_queue_bytes``, ``default_timeout_us``,
+  ``latency_target_us`` (null turns it off), ``preferred_batch_sizes``, ``max_queue_size``, ``max_queue_bytes``, ``default_timeout_us``,
   ``priority_levels``, ``default_priority_level``). The batcher applies them to the next batch;
   requests already queued stay queued (a smaller queue limit refuses new requests until the queue
   is below it).

@@ -32,6 +32,9 @@ modelserve_batch_size                                   histogram  model, versio
 modelserve_queued_requests                              gauge      model, version
 modelserve_inflight_requests                            gauge      model, version
 modelserve_instances                                    gauge      model, version
+modelserve_batch_delay_seconds                          gauge      model, version (the queue delay now)
+modelserve_batch_target_size                            gauge      model, version (rows waited for)
+modelserve_batch_max_size                               gauge      model, version (largest batch formed)
 modelserve_model_state                                  gauge      model, version, state (1 = current)
 modelserve_model_load_duration_seconds                  gauge      model, version, phase (load, warmup)
 modelserve_memory_pool_bytes                            gauge      pool, kind (in_use, held, peak)
@@ -97,6 +100,15 @@ class _RuntimeCollector(Collector):
         queued = GaugeMetricFamily("modelserve_queued_requests", "Requests waiting in the queue", labels=mv)
         inflight = GaugeMetricFamily("modelserve_inflight_requests", "Requests running on an instance", labels=mv)
         instances = GaugeMetricFamily("modelserve_instances", "Model instances", labels=mv)
+        # What the batcher waits for now: the static settings, or a latency target's plan.
+        plan = {
+            key: GaugeMetricFamily(f"modelserve_{name}", text, labels=mv)
+            for key, name, text in (
+                ("batch_delay_us", "batch_delay_seconds", "How long the head of the queue may wait for a batch"),
+                ("batch_rows_planned", "batch_target_size", "The batch size (rows) the batcher waits for"),
+                ("batch_cap", "batch_max_size", "The largest batch (rows) the batcher forms"),
+            )
+        }
         for s in self.runtime.model_statistics():
             labels = [s["name"], s["version"]]
             requests.add_metric(labels + ["success"], s["success_count"])
@@ -114,9 +126,12 @@ class _RuntimeCollector(Collector):
             queued.add_metric(labels, s["queued"])
             inflight.add_metric(labels, s["in_flight"])
             instances.add_metric(labels, s["instances"])
+            for key, family in plan.items():
+                family.add_metric(labels, s[key] / 1e6 if key == "batch_delay_us" else s[key])
         yield requests
         yield from durations.values()
         yield from (batch, queued, inflight, instances)
+        yield from plan.values()
 
         state = GaugeMetricFamily("modelserve_model_state", "1 for each version's current state", labels=mv + ["state"])
         load = GaugeMetricFamily(
