@@ -1,14 +1,14 @@
 """Latency-aware batching over gRPC against the best static queue delay (issue 14; Note [Latency
 target] in csrc/sched/latency_target.h).
 
-The model is compute-bound, and batching pays: an ONNX perceptron of ``LAYERS`` 1024 x 1024
-MatMul + ReLU layers (32 MiB of seeded weights, built here with ``onnx.helper``), served by the
-onnx backend with one intra-op thread, ``max_batch_size: 64``, one instance. Reading the weights
-dominates a small batch: at one row it answers ~1 ms, and batches of 8 to 64 run several times as
-many rows per second. The server is ``modelserve serve`` (a subprocess, one BLAS thread); the
-client is tritonclient's asyncio gRPC client in this process, open loop: requests are sent at
-their scheduled times whatever the answers do, and each latency runs from the scheduled time (so
-a client that falls behind does not hide queueing).
+The model is compute-bound, and batching pays: an ONNX perceptron of ``LAYERS`` ``WIDTH`` x
+``WIDTH`` MatMul + ReLU layers (128 MiB of seeded weights, built here with ``onnx.helper``),
+served by the onnx backend with one intra-op thread, ``max_batch_size: 64``, one instance.
+Reading the weights dominates a small batch: alone (one thread) one row takes ~8.6 ms (116
+rows/s), 16 rows 18.7 ms (855 rows/s), 64 rows 52 ms (1,230 rows/s). The server is ``modelserve
+serve`` (a subprocess, one BLAS thread); the client is tritonclient's asyncio gRPC client in
+this process, open loop: requests are sent at their scheduled times whatever the answers do, and
+each latency runs from the scheduled time (so a client that falls behind does not hide queueing).
 
 Arrival patterns, at a mean of ``rate`` requests/s: ``steady`` (evenly spaced), ``poisson``
 (exponential gaps, seeded) and ``bursty`` (on/off: 100 ms at twice the rate, then 100 ms idle).
@@ -18,8 +18,9 @@ configuration, the highest rate whose p99 stays within ``TARGET_US`` is found by
 [``LOW_RATE``, ``HIGH_RATE``], each probe ``--bench-duration`` seconds after a 0.5 s warm-up.
 
 Targets (reported, not asserted): per pattern, the latency target's highest rate >= 0.9 x the
-best static delay's; at low load (``LOW_RATE`` steady) its p50 equals delay 0's (within 0.1 ms, the
-noise of this machine). Mean batch sizes are reported at each highest rate.
+best static delay's; at low load (``LOW_P50_RATE`` steady, measured last, once the planner has
+learnt the model under load) its p50 equals delay 0's (within 0.1 ms), as medians of
+``LOW_ROUNDS`` alternations. Mean batch sizes are reported at each highest rate and at low load.
 """
 
 from __future__ import annotations
@@ -42,13 +43,15 @@ grpcaio = pytest.importorskip("tritonclient.grpc.aio")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-WIDTH = 1024
+WIDTH = 2048
 LAYERS = 8
-TARGET_US = 25_000
+TARGET_US = 100_000
 STATIC_DELAYS_US = (0, 1000, 2000, 4000)
 PATTERNS = ("steady", "poisson", "bursty")
-LOW_RATE, HIGH_RATE = 20.0, 4000.0
+LOW_RATE, HIGH_RATE = 10.0, 2000.0
 BISECTIONS = 7
+LOW_P50_RATE = 20.0  # requests/s of the low-load comparison, LOW_ROUNDS alternations of each config
+LOW_ROUNDS = 3
 RATIO_TARGET = 0.9
 MODEL = "wide"
 
@@ -207,18 +210,18 @@ def table(tables):
 
 def test_latency_target_against_static_delays(server, table, bench_seed, bench_duration):
     loop = asyncio.new_event_loop()
-    client = grpcaio.InferenceServerClient(server.url("grpc"))
+    asyncio.set_event_loop(loop)  # grpc.aio binds a channel to the loop current when it is made
+
+    async def connect():
+        return grpcaio.InferenceServerClient(server.url("grpc"))
+
+    client = loop.run_until_complete(connect())
     x = np.random.default_rng(bench_seed).standard_normal((1, WIDTH), dtype=np.float32)
     inputs = [grpcaio.InferInput("INPUT0", [1, WIDTH], "FP32")]
     inputs[0].set_data_from_numpy(x)
     probe = Probe(server, loop, client, inputs, max(1.0, bench_duration), bench_seed)
     configs = [f"delay={d}" for d in STATIC_DELAYS_US] + ["target"]
     try:
-        # Low load: the latency target must not hold a lone request back.
-        low = {}
-        for config in ("delay=0", "target", "delay=0", "target"):
-            configure(server, config)
-            low.setdefault(config, []).append(probe("steady", LOW_RATE)["p50"])
         for pattern in PATTERNS:
             found = {}
             for config in configs:
@@ -234,11 +237,22 @@ def test_latency_target_against_static_delays(server, table, bench_seed, bench_d
                     ratio = rate / best_static if best_static else float("nan")
                     row.update({"vs best static": ratio, "target": f">= {RATIO_TARGET}",
                                 "met": "yes" if ratio >= RATIO_TARGET else "NOT met"})
-        p50_0, p50_t = statistics.median(low["delay=0"]) * 1e3, statistics.median(low["target"]) * 1e3
-        table.row(f"low load {LOW_RATE:.0f}/s steady / delay=0").update({"p50 ms": p50_0})
-        table.row(f"low load {LOW_RATE:.0f}/s steady / target").update(
-            {"p50 ms": p50_t, "target": f"p50 <= delay 0's + 0.1 ms (+{p50_t - p50_0:.2f})",
-             "met": "yes" if p50_t - p50_0 <= 0.1 else "NOT met"})
+        # Low load, after the planner has learnt the model under load: it must not hold a lone
+        # request back (its rate estimate decays, the plan waits for one row).
+        low: dict[str, list[dict]] = {}
+        for config in ("delay=0", "target") * LOW_ROUNDS:
+            configure(server, config)
+            low.setdefault(config, []).append(probe("steady", LOW_P50_RATE))
+        med = {c: {k: statistics.median(r[k] for r in runs) for k in ("p50", "p99", "mean_batch")}
+               for c, runs in low.items()}
+        for config in ("delay=0", "target"):
+            table.row(f"low load {LOW_P50_RATE:.0f}/s steady / {config}").update(
+                {"p50 ms": med[config]["p50"] * 1e3, "p99 ms": med[config]["p99"] * 1e3,
+                 "mean batch": med[config]["mean_batch"]})
+        diff_ms = (med["target"]["p50"] - med["delay=0"]["p50"]) * 1e3
+        table.row(f"low load {LOW_P50_RATE:.0f}/s steady / target").update(
+            {"target": f"p50 <= delay 0's + 0.1 ms ({diff_ms:+.2f})", "met": "yes" if diff_ms <= 0.1 else "NOT met"})
     finally:
         loop.run_until_complete(client.close())
+        asyncio.set_event_loop(None)
         loop.close()
