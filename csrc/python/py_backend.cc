@@ -37,6 +37,9 @@ class GilObject {
 // thread has none and deletes it again on release: two allocations and interpreter-list updates
 // per batch. An instance thread instead keeps the state it got on its first batch (one extra
 // reference) until the thread exits, when the thread_local below drops it, taking the GIL to do so.
+// Only a thread that had no state of its own does: a Python thread running its own request (Note
+// [Caller runs] in csrc/exec/executor.h) has the state Python made for it, which Python deletes
+// when the thread ends; keeping a reference to it would outlive it.
 struct KeptThreadState {
   bool kept = false;
   ~KeptThreadState() {
@@ -78,8 +81,9 @@ class PyBackend final : public Backend {
   explicit PyBackend(py::object model) : model_(std::move(model)) {}
 
   TensorList execute(const ExecuteContext& ctx) override {
+    const bool core_thread = PyGILState_GetThisThreadState() == nullptr;  // no GIL needed to ask
     py::gil_scoped_acquire gil;
-    keep_thread_state(gil);
+    if (core_thread) keep_thread_state(gil);
     try {
       py::dict inputs;
       for (const auto& in : ctx.inputs) inputs[py::str(in.name)] = tensor_to_numpy(in.tensor);
