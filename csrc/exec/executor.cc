@@ -269,13 +269,29 @@ std::vector<std::string> Executor::requested_union(const Batch& batch) const {
 
 TensorList Executor::gather_inputs(const Batch& batch, const std::shared_ptr<MemoryResource>& resource,
                                    StreamView stream) const {
-  const Request& first = *batch.requests.front();
+  std::vector<const TensorList*> lists(batch.requests.size());
+  for (size_t i = 0; i < batch.requests.size(); ++i) lists[i] = &batch.requests[i]->inputs;
+  return gather_lists(lists, resource, stream);
+}
+
+TensorList Executor::gather_ahead(const std::vector<TensorList>& inputs) {
+  // Host instances gather into the host pool; device instances gather into pinned memory on
+  // their own streams, which a look-ahead cannot know in advance.
+  if (config_.device.kind != DeviceKind::kCpu || inputs.empty()) return {};
+  std::vector<const TensorList*> lists(inputs.size());
+  for (size_t i = 0; i < inputs.size(); ++i) lists[i] = &inputs[i];
+  return gather_lists(lists, host_pool(), {});
+}
+
+TensorList Executor::gather_lists(const std::vector<const TensorList*>& lists,
+                                  const std::shared_ptr<MemoryResource>& resource, StreamView stream) {
+  const TensorList& first = *lists.front();
   TensorList inputs;
-  inputs.reserve(first.inputs.size());
-  std::vector<const Tensor*> parts(batch.requests.size());
-  for (const auto& in : first.inputs) {
-    for (size_t i = 0; i < batch.requests.size(); ++i) {
-      const NamedTensor* t = find_tensor(batch.requests[i]->inputs, in.name);
+  inputs.reserve(first.size());
+  std::vector<const Tensor*> parts(lists.size());
+  for (const auto& in : first) {
+    for (size_t i = 0; i < lists.size(); ++i) {
+      const NamedTensor* t = find_tensor(*lists[i], in.name);
       parts[i] = &t->tensor;  // the batcher only batches requests with the same input names
     }
     Tensor t = gather(parts, resource, stream);
@@ -294,7 +310,8 @@ void Executor::run_batch(Instance& inst, Batch& batch) {
   const auto start = Clock::now();
   auto t0 = start, t1 = start;
   try {
-    TensorList inputs = gather_inputs(batch, host_pool(), {});
+    // Gathered ahead while the instance ran its last batch (Note [Look-ahead batches]), or now.
+    TensorList inputs = batch.gathered.empty() ? gather_inputs(batch, host_pool(), {}) : std::move(batch.gathered);
     t0 = Clock::now();
     const auto requested = requested_union(batch);
     ExecuteContext ctx{inputs, requested, batch.batch_size, {}, host_pool(), inst.index};

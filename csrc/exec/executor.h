@@ -67,6 +67,8 @@ struct ModelStats {
   int64_t batch_rows_planned = 0;  // the batch size it waits for
   int64_t batch_cap = 0;           // the largest batch it forms
   int64_t batch_delay_us = 0;      // how long the oldest request may wait for it
+  // Note [Look-ahead batches]: gathered ahead, used by their batch, dropped as stale.
+  uint64_t lookahead_prepared = 0, lookahead_used = 0, lookahead_dropped = 0;
 };
 
 struct ExecutorConfig {
@@ -134,6 +136,7 @@ class Executor final : public BatchSink {
   bool claim(Batch& batch, Claim& claim) override;  // Note [Caller runs]
   void run_claimed(Claim& claim) override;
   size_t instances() const override;
+  TensorList gather_ahead(const std::vector<TensorList>& inputs) override;  // Note [Look-ahead batches]
 
   // Statistics; the batcher's queue length is added by the owner (Model).
   ModelStats stats() const;
@@ -151,6 +154,9 @@ class Executor final : public BatchSink {
               const Status& failure);
   TensorList gather_inputs(const Batch& batch, const std::shared_ptr<MemoryResource>& resource,
                            StreamView stream) const;
+  // The batch inputs of requests with these inputs, in order (one tensor per input name).
+  static TensorList gather_lists(const std::vector<const TensorList*>& lists,
+                                 const std::shared_ptr<MemoryResource>& resource, StreamView stream);
   std::vector<std::string> requested_union(const Batch& batch) const;
   std::string where(const Instance& instance) const;
 

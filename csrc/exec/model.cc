@@ -141,6 +141,10 @@ ModelStats Model::stats() const {
   s.batch_rows_planned = plan.rows;
   s.batch_cap = plan.cap;
   s.batch_delay_us = plan.delay_us;
+  const DynamicBatcher::LookAheadStats ahead = batcher_.lookahead_stats();
+  s.lookahead_prepared = ahead.prepared;
+  s.lookahead_used = ahead.used;
+  s.lookahead_dropped = ahead.dropped;
   return s;
 }
 

@@ -562,6 +562,9 @@ PYBIND11_MODULE(_core, m) {
         d["batch_rows_planned"] = s.batch_rows_planned;
         d["batch_cap"] = s.batch_cap;
         d["batch_delay_us"] = s.batch_delay_us;
+        d["lookahead_prepared"] = s.lookahead_prepared;
+        d["lookahead_used"] = s.lookahead_used;
+        d["lookahead_dropped"] = s.lookahead_dropped;
         return d;
       });
 

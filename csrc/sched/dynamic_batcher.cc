@@ -1,6 +1,7 @@
 #include "sched/dynamic_batcher.h"
 
 #include <algorithm>
+#include <cstdlib>
 
 namespace modelserve {
 
@@ -31,7 +32,16 @@ void BatcherConfig::validate() const {
              "], got ", default_priority_level);
 }
 
-DynamicBatcher::DynamicBatcher(BatcherConfig config) : model_(config.model), config_(std::move(config)) {
+namespace {
+// MODELSERVE_LOOKAHEAD=1 turns look-ahead batches on (Note [Look-ahead batches]: off by default).
+bool lookahead_enabled() {
+  const char* v = std::getenv("MODELSERVE_LOOKAHEAD");
+  return v != nullptr && std::string(v) == "1";
+}
+}  // namespace
+
+DynamicBatcher::DynamicBatcher(BatcherConfig config)
+    : model_(config.model), lookahead_enabled_(lookahead_enabled()), config_(std::move(config)) {
   config_.validate();
   queues_.resize(config_.priority_levels);
 }
@@ -74,6 +84,8 @@ void DynamicBatcher::drop_all_locked(std::vector<RequestPtr>& dropped) {
   }
   queued_ = 0;
   queued_bytes_ = 0;
+  queued_rows_ = 0;
+  lookahead_.reset();
 }
 
 void DynamicBatcher::enqueue(RequestPtr& request) {
@@ -124,6 +136,7 @@ void DynamicBatcher::enqueue(RequestPtr& request) {
     next_deadline_ = std::min(next_deadline_, r.deadline);
     queued_ += 1;
     queued_bytes_ += r.byte_size;
+    queued_rows_ += static_cast<size_t>(r.batch_size);
     queues_[r.level].push_back(std::move(request));
     // See Note [Inline dispatch]: a batch due now goes from this thread; otherwise the batcher
     // thread is woken only if it has a new timer to set (a delay to wait out on a free slot, or
@@ -134,6 +147,10 @@ void DynamicBatcher::enqueue(RequestPtr& request) {
       // Note [Caller runs]: this request alone, due at once, and its submitter waits for it.
       caller_may_run = r.caller_runs && batch.requests.size() == 1 && batch.requests.front().get() == &r;
     } else if (std::min(r.deadline, due) < sleeping_until_) {
+      cv_.notify_one();
+    }
+    if (!dispatch_now && wants_lookahead_locked()) {  // every instance busy, a full batch queued
+      lookahead_wanted_ = true;
       cv_.notify_one();
     }
   }
@@ -151,6 +168,7 @@ bool DynamicBatcher::cancel(uint64_t request_id) {
         q.erase(it);
         queued_ -= 1;
         queued_bytes_ -= found->byte_size;
+        queued_rows_ -= static_cast<size_t>(found->batch_size);
         break;
       }
     }
@@ -199,6 +217,7 @@ void DynamicBatcher::hand_off(Batch& batch, bool caller_may_run) {
       for (auto it = batch.requests.rbegin(); it != batch.requests.rend(); ++it) {
         queued_ += 1;
         queued_bytes_ += (*it)->byte_size;
+        queued_rows_ += static_cast<size_t>((*it)->batch_size);
         queues_[std::min<size_t>((*it)->level, queues_.size() - 1)].push_front(std::move(*it));
       }
     }
@@ -349,13 +368,89 @@ Batch DynamicBatcher::pop_locked(size_t count, Clock::time_point now) {
       q.pop_front();
       queued_ -= 1;
       queued_bytes_ -= r->byte_size;
+      queued_rows_ -= static_cast<size_t>(r->batch_size);
       batch.batch_size += r->batch_size;
       batch.requests.push_back(std::move(r));
       --count;
     }
     if (count == 0) break;
   }
+  match_lookahead_locked(batch);
+  if (wants_lookahead_locked()) {  // the next one, while this batch runs
+    lookahead_wanted_ = true;
+    cv_.notify_one();
+  }
   return batch;
+}
+
+bool DynamicBatcher::wants_lookahead_locked() const {
+  return lookahead_enabled_ && config_.max_batch_size > 1 && !stopping_ && !lookahead_ && !lookahead_busy_ &&
+         !lookahead_wanted_ &&
+         queued_rows_ >= static_cast<size_t>(config_.max_batch_size);
+}
+
+void DynamicBatcher::match_lookahead_locked(Batch& batch) {
+  if (!lookahead_) return;
+  const auto& ids = lookahead_->ids;
+  bool same = ids.size() == batch.requests.size();
+  for (size_t i = 0; same && i < ids.size(); ++i) same = ids[i] == batch.requests[i]->id;
+  if (same) {
+    batch.gathered = std::move(lookahead_->inputs);
+    lookahead_stats_.used += 1;
+  } else {  // the queue changed since (a cancel, a timeout, a more urgent request): gather anew
+    lookahead_stats_.dropped += 1;
+  }
+  lookahead_.reset();
+}
+
+bool DynamicBatcher::queue_starts_with_locked(const std::vector<uint64_t>& ids) const {
+  size_t i = 0;
+  for (const auto& q : queues_) {
+    for (const auto& r : q) {
+      if (i == ids.size()) return true;
+      if (r->id != ids[i++]) return false;
+    }
+  }
+  return i == ids.size();
+}
+
+void DynamicBatcher::prepare_lookahead(std::unique_lock<std::mutex>& lock, Clock::time_point now) {
+  const Formed f = form_locked(now);
+  if (f.count < 2) return;  // a lone request is passed through untouched: nothing to gather
+  std::vector<uint64_t> ids;
+  std::vector<TensorList> inputs;
+  ids.reserve(f.count);
+  inputs.reserve(f.count);
+  for (const auto& q : queues_) {  // the order pop_locked takes them in
+    for (const auto& r : q) {
+      if (ids.size() == f.count) break;
+      ids.push_back(r->id);
+      inputs.push_back(r->inputs);  // handles: the buffers outlive a cancel meanwhile
+    }
+  }
+  lookahead_busy_ = true;
+  lock.unlock();
+  TensorList gathered;
+  try {
+    gathered = sink_->gather_ahead(inputs);
+  } catch (const std::exception&) {
+    gathered.clear();  // the instance gathers it, and reports what is wrong
+  }
+  inputs.clear();
+  lock.lock();
+  lookahead_busy_ = false;
+  if (gathered.empty() || stopping_) return;
+  lookahead_stats_.prepared += 1;
+  if (!queue_starts_with_locked(ids)) {  // taken or changed while it was gathered
+    lookahead_stats_.dropped += 1;
+    return;
+  }
+  lookahead_ = std::make_unique<LookAhead>(LookAhead{std::move(ids), std::move(gathered)});
+}
+
+DynamicBatcher::LookAheadStats DynamicBatcher::lookahead_stats() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return lookahead_stats_;
 }
 
 void DynamicBatcher::expire_locked(Clock::time_point now, std::vector<RequestPtr>& expired) {
@@ -366,6 +461,7 @@ void DynamicBatcher::expire_locked(Clock::time_point now, std::vector<RequestPtr
       if ((*it)->deadline <= now) {
         queued_ -= 1;
         queued_bytes_ -= (*it)->byte_size;
+        queued_rows_ -= static_cast<size_t>((*it)->batch_size);
         expired.push_back(std::move(*it));
         it = q.erase(it);
       } else {
@@ -417,6 +513,11 @@ void DynamicBatcher::run() {
       lock.unlock();
       hand_off(batch);
       lock.lock();
+      continue;
+    }
+    if (lookahead_wanted_) {  // Note [Look-ahead batches]
+      lookahead_wanted_ = false;
+      if (!stopping_) prepare_lookahead(lock, now);
       continue;
     }
     sleeping_until_ = std::min({next_deadline_, due, stopping_ ? drain_deadline_ : Clock::time_point::max()});

@@ -3,6 +3,7 @@
 
 #include <condition_variable>
 #include <deque>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -54,6 +55,10 @@ class BatchSink {
   virtual void run_claimed(Claim& claim) {}
   // Instances that take batches (a latency target plans for their number).
   virtual size_t instances() const { return 1; }
+  // The batch inputs of requests with these inputs (in order), gathered as an instance would
+  // gather them, for a look-ahead batch (Note [Look-ahead batches]); empty when the sink's
+  // instances gather differently (device memory) or not at all.
+  virtual TensorList gather_ahead(const std::vector<TensorList>& inputs) { return {}; }
 };
 
 // Note [Batch formation]
@@ -80,6 +85,26 @@ class BatchSink {
 //
 // Ownership: enqueue() takes the request when it returns; when it throws (a full queue, a bad
 // priority, shut down) the request stays with the caller, uncompleted.
+//
+// Note [Look-ahead batches]
+// ~~~~~~~~~~~~~~~~~~~~~~~~~
+// While every instance is busy and a full batch's worth of rows is queued, the batcher thread
+// forms the batch the rule would form now and has the sink gather its inputs (gather_ahead), from
+// copies of the requests' tensor handles, outside the lock: the copy into one buffer per input
+// happens while the instances compute, not between their batches. Nothing is taken from the
+// queue for it, so it stays revocable: a request in it can still be cancelled, expire, or be
+// overtaken by a more urgent one. When a slot frees, the batch is formed by the rule as always,
+// and carries the gathered inputs only if it holds exactly the look-ahead's requests in the same
+// order; otherwise the look-ahead is dropped (its buffers go back to the pool), as is one whose
+// requests are no longer the head of the queue when its gather ends. So priorities, queue timeouts and
+// cancellation stay exactly what Note [Batch formation] says: the look-ahead changes who copies
+// the inputs and when, never which requests run together or in what order.
+//
+// It is off unless MODELSERVE_LOOKAHEAD=1 (read when a version loads). Measured on two cores
+// (bench/e2e/test_runtime_throughput.py, 1-row requests, ~58 per batch), it costs more than it
+// saves: the batcher thread's wake-up, the copied tensor handles (a Python-owned one is released
+// off the GIL, so it is parked and released again later) and the gather compete for the same two
+// cores as the instance and the callers. It is meant for machines with cores to spare.
 class DynamicBatcher {
  public:
   explicit DynamicBatcher(BatcherConfig config);
@@ -112,6 +137,12 @@ class DynamicBatcher {
   // The latency target's last plan (Note [Latency target]); the static delay without a target.
   LatencyTarget::Plan plan() const;
 
+  // Look-ahead batches gathered, used by the batch they were gathered for, and dropped.
+  struct LookAheadStats {
+    uint64_t prepared = 0, used = 0, dropped = 0;
+  };
+  LookAheadStats lookahead_stats() const;
+
  private:
   struct Formed {
     size_t count = 0;                         // requests to dispatch now; 0 = none yet
@@ -130,8 +161,22 @@ class DynamicBatcher {
   // Pops a batch that is due now into `batch` (true), or tells when to look again (`wake`).
   bool take_due_locked(Clock::time_point now, Batch& batch, Clock::time_point& wake);
   bool compatible(const Request& a, const Request& b) const;
+  // Whether the batcher thread should gather a look-ahead now (a full batch's rows are queued
+  // and none is gathered or being gathered).
+  bool wants_lookahead_locked() const;
+  // Forms the batch due now (whatever the free slots) and gathers it outside the lock.
+  void prepare_lookahead(std::unique_lock<std::mutex>& lock, Clock::time_point now);
+  // Gives `batch` the look-ahead's inputs if it holds exactly its requests; drops it otherwise.
+  void match_lookahead_locked(Batch& batch);
+  bool queue_starts_with_locked(const std::vector<uint64_t>& ids) const;
+
+  struct LookAhead {
+    std::vector<uint64_t> ids;  // its requests, in batch order
+    TensorList inputs;
+  };
 
   const std::string model_;                   // for messages
+  const bool lookahead_enabled_;              // Note [Look-ahead batches]; MODELSERVE_LOOKAHEAD=1: on
   mutable std::mutex mutex_;
   std::condition_variable cv_;
   BatcherConfig config_;                      // guarded by mutex_
@@ -151,6 +196,12 @@ class DynamicBatcher {
   // When the batcher thread will next look by itself (max: only when woken; the epoch while it
   // is awake); guarded by mutex_. Others wake it only for an earlier deadline or delay.
   Clock::time_point sleeping_until_{};
+  size_t queued_rows_ = 0;                    // guarded by mutex_
+  // Note [Look-ahead batches]; all guarded by mutex_.
+  std::unique_ptr<LookAhead> lookahead_;
+  bool lookahead_wanted_ = false;   // the batcher thread is asked to gather one
+  bool lookahead_busy_ = false;     // it is gathering one, outside the lock
+  LookAheadStats lookahead_stats_;
   LatencyTarget latency_;                     // guarded by mutex_
   mutable LatencyTarget::Plan plan_;          // guarded by mutex_; the last plan form_locked made
   BatchSink* sink_ = nullptr;

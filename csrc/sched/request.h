@@ -74,6 +74,9 @@ struct Batch {
   std::vector<RequestPtr> requests;
   int64_t batch_size = 0;
   Clock::time_point dispatch_time{};
+  // The inputs, gathered ahead while the instances were busy (Note [Look-ahead batches]); empty:
+  // the instance gathers them.
+  TensorList gathered;
 };
 
 }  // namespace modelserve
