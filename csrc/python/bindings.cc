@@ -158,12 +158,14 @@ RequestPtr request_of(const py::dict& inputs, std::vector<std::string> outputs) 
 
 // Enqueues `request` on `model` with a RequestState that the completion fills (and, when given,
 // `queue` is told of, with `tag`); Model::submit's checks apply. Returns the state (Pending).
+// `caller_runs`: the caller waits for it and may run it (Note [Caller runs]); needs no GIL.
 std::shared_ptr<RequestState> submit_request(const std::shared_ptr<Model>& model, RequestPtr request,
                                              uint32_t priority, int64_t timeout_us,
-                                             std::shared_ptr<CompletionQueue> queue, int64_t tag) {
+                                             std::shared_ptr<CompletionQueue> queue, int64_t tag,
+                                             bool caller_runs = false) {
   request->priority = priority;
   request->timeout_us = timeout_us;
-  request->caller_runs = false;
+  request->caller_runs = caller_runs;
   auto state = std::make_shared<RequestState>();
   state->tag = tag;
   state->queue = std::move(queue);
@@ -468,14 +470,8 @@ PYBIND11_MODULE(_core, m) {
              int64_t timeout_us) {
             release_python_owners();
             RequestPtr request = request_of(inputs, std::move(outputs));
-            request->priority = priority;
-            request->timeout_us = timeout_us;
-            request->caller_runs = true;
-            auto state = std::make_shared<RequestState>();
-            state->model = self.get();
-            request->completion = [state](Response&& r) { state->complete(std::move(r)); };
             py::gil_scoped_release release;  // a Python backend takes it back on this thread
-            state->id = self.get()->submit(request);
+            auto state = submit_request(self.get(), std::move(request), priority, timeout_us, nullptr, 0, true);
             state->wait(-1.0);
             return state;
           },

@@ -31,24 +31,35 @@ bool LatencyTarget::identified() const {
   return sxx_ / w_ - mean * mean > 0.25;  // the sizes still differ in the forgetting window
 }
 
-double LatencyTarget::compute_us(double rows) const {
-  if (w_ <= 0) return 0;
-  if (!identified()) return sx_ > 0 ? rows * sy_ / sx_ : 0;  // the mean time per row
-  const double d = w_ * sxx_ - sx_ * sx_;
-  double beta = (w_ * sxy_ - sx_ * sy_) / d;
-  double alpha = (sy_ - beta * sx_) / w_;
-  if (beta < 0) {  // noise: a batch time cannot fall with its size
-    beta = 0;
-    alpha = sy_ / w_;
-  } else if (alpha < 0) {  // nor be negative for one row
-    alpha = 0;
-    beta = sxy_ / sxx_;
+LatencyTarget::Fit LatencyTarget::fit() const {
+  Fit f;
+  f.margin = 1 + kZ99 * std::sqrt(dev2_);
+  if (w_ <= 0) return f;
+  if (!identified()) {  // the mean time per row: a placeholder until the slope is known
+    f.beta = sx_ > 0 ? sy_ / sx_ : 0;
+    return f;
   }
-  return alpha + beta * rows;
+  const double d = w_ * sxx_ - sx_ * sx_;
+  f.beta = (w_ * sxy_ - sx_ * sy_) / d;
+  f.alpha = (sy_ - f.beta * sx_) / w_;
+  if (f.beta < 0) {  // noise: a batch time cannot fall with its size
+    f.beta = 0;
+    f.alpha = sy_ / w_;
+  } else if (f.alpha < 0) {  // nor be negative for one row
+    f.alpha = 0;
+    f.beta = sxy_ / sxx_;
+  }
+  return f;
+}
+
+double LatencyTarget::compute_us(double rows) const {
+  const Fit f = fit();
+  return f.alpha + f.beta * rows;
 }
 
 double LatencyTarget::compute_p99_us(double rows) const {
-  return compute_us(rows) * (1 + kZ99 * std::sqrt(dev2_));
+  const Fit f = fit();
+  return (f.alpha + f.beta * rows) * f.margin;
 }
 
 void LatencyTarget::on_batch(int64_t rows, int64_t compute_ns) {
@@ -85,38 +96,38 @@ LatencyTarget::Plan LatencyTarget::plan(int64_t target_us, int64_t max_batch_siz
     lambda = 1.0 / std::max(gap_us_, open);
   }
 
-  // The smallest batch that keeps the instances' load at or below kRho.
-  const double alpha = std::max(compute_us(0), 0.0);
-  const double beta = std::max(compute_us(1) - alpha, 0.0);
-  int64_t need = 1;
-  const double room = n * kRho - lambda * beta;
-  if (room <= 0) {
-    need = max_batch_size;
-  } else {
-    const double b = std::ceil(lambda * alpha / room);
+  // One fit for the whole plan: c99(b) = margin * (alpha + beta * b).
+  const Fit f = fit();
+  const double a99 = f.margin * f.alpha, b99 = f.margin * f.beta;
+  const auto rows_at_most = [&](double bound) {  // floor(bound) in [1, max_batch_size]
+    if (!(bound >= 1)) return int64_t(1);  // NaN included
+    const double b = std::floor(bound * (1 + 1e-12));  // an exact boundary stays inside
+    return b >= static_cast<double>(max_batch_size) ? max_batch_size : static_cast<int64_t>(b);
+  };
+
+  // The smallest batch that keeps the instances' load at or below kRho:
+  // lambda * (alpha + beta * b) / (n * b) <= kRho.
+  int64_t need = max_batch_size;
+  const double room = n * kRho - lambda * f.beta;
+  if (room > 0) {
+    const double b = std::ceil(lambda * f.alpha / room);
     need = b >= static_cast<double>(max_batch_size) ? max_batch_size : std::max<int64_t>(1, static_cast<int64_t>(b));
   }
 
-  // The largest batch whose own time (after one batch ahead of it) fits the target; never below
-  // `need`, since a queue that cannot keep up grows without bound.
-  int64_t cap = 1;
-  for (int64_t b = max_batch_size; b >= 1; --b) {
-    if (2 * compute_p99_us(static_cast<double>(b)) <= target) {
-      cap = b;
-      break;
-    }
-  }
+  // The largest batch whose own time (after one batch ahead of it) fits the target,
+  // 2 * c99(b) <= T; never below `need`, since a queue that cannot keep up grows without bound.
+  const int64_t cap = b99 > 0 ? rows_at_most((target / 2 - a99) / b99) : (2 * a99 <= target ? max_batch_size : 1);
   p.cap = std::max(cap, need);
 
-  // Wait for `need` rows only as long as gathering them and running them fits the target.
-  int64_t rows = need;
-  while (rows > 1 && (lambda <= 0 || static_cast<double>(rows - 1) / lambda +
-                                          2 * compute_p99_us(static_cast<double>(rows)) > target)) {
-    --rows;
+  // Wait for `need` rows only as long as gathering them and running them fits the target:
+  // (b - 1) / lambda + 2 * c99(b) <= T.
+  int64_t rows = 1;
+  if (lambda > 0 && need > 1) {
+    const double gap = 1 / lambda;
+    rows = std::min(need, rows_at_most((target + gap - 2 * a99) / (gap + 2 * b99)));
   }
   p.rows = rows;
-  p.delay_us = rows > 1 ? static_cast<int64_t>(std::max(0.0, target - 2 * compute_p99_us(static_cast<double>(rows))))
-                        : 0;
+  p.delay_us = rows > 1 ? static_cast<int64_t>(std::max(0.0, target - 2 * (a99 + b99 * static_cast<double>(rows)))) : 0;
   return p;
 }
 

@@ -57,6 +57,12 @@ class LatencyTarget {
  private:
   bool identified() const;  // two distinct batch sizes seen: beta is known
 
+  // c(b) = alpha + beta * b in microseconds, and the p99 factor (1 + 2.33 * s).
+  struct Fit {
+    double alpha = 0, beta = 0, margin = 1;
+  };
+  Fit fit() const;
+
   // Exponentially weighted least-squares sums over finished batches (x = rows, y = µs).
   double w_ = 0, sx_ = 0, sy_ = 0, sxx_ = 0, sxy_ = 0;
   double dev2_ = 0;  // running mean of (observed / fitted - 1)^2

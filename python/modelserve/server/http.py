@@ -32,11 +32,12 @@ bytes, or all of it without that header) followed by the blobs of the inputs tha
 and checks the tensors against the version the request goes to, with the code and messages of the
 gRPC path (Note [HTTP requests] in csrc/python/py_protocol.cc): binary inputs are views of the body
 as uvicorn hands it over (joined once when it came in several chunks), and nothing is copied
-between there and the batch gather. Binary outputs go to uvicorn as memoryviews of the output tensors,
-which its h11 protocol copies once into the socket write. The blobs must add up to exactly the
-tail of the body; anything else is a 400 naming the input. ``Inference-Header-Content-Length: 0`` is
-Triton's raw binary request (the whole body is the one input of a one-input model, batch 1, its
-spec that of the version that runs; every output comes back binary). No Content-Type is required or checked. Requests may be gzip/deflate
+between there and the batch gather. Binary outputs go to uvicorn as memoryviews of the output
+tensors, which its h11 protocol copies once into the socket write. The blobs must add up to
+exactly the tail of the body; anything else is a 400 naming the input.
+``Inference-Header-Content-Length: 0`` is Triton's raw binary request (the whole body is the one
+input of a one-input model, batch 1, its spec that of the version that runs; every output comes
+back binary). No Content-Type is required or checked. Requests may be gzip/deflate
 compressed (``Content-Encoding``); responses are never compressed.
 
 Note [Client disconnects]: uvicorn does not cancel a handler when its client goes away; it answers
