@@ -40,6 +40,17 @@ class Backend {
   // Outputs: the requested ones (all when none are requested), each with first dimension
   // batch_size when the model batches.
   virtual TensorList execute(const ExecuteContext& ctx) = 0;
+
+  // Where the executor gathers this backend's host inputs: null for its host pool. A backend that
+  // hands its inputs to another process names shared memory here (Note [Process instances]).
+  virtual std::shared_ptr<MemoryResource> input_resource() const { return nullptr; }
+  // True after a failed batch left this backend unable to run the next one (its worker process
+  // died). The executor then calls recover() on the instance's thread once the batch's requests
+  // have completed, while the instance still counts as busy, so that meanwhile the batcher gives
+  // batches to the other instances. recover() must not throw; a backend it could not repair fails
+  // its next batch with the reason.
+  virtual bool needs_recovery() const { return false; }
+  virtual void recover() {}
 };
 
 struct InstanceInfo {

@@ -42,11 +42,13 @@ struct Executor::Instance {
   std::unique_ptr<Backend> backend;
   bool pipelined = false;  // GPU instance whose backend takes device memory
   size_t depth = 1;        // batches it holds at once (2 when pipelined)
+  std::shared_ptr<MemoryResource> input_resource;  // where CPU batches are gathered
 
   // Guarded by Executor::mutex_.
   std::deque<Batch> work;
   size_t busy = 0;         // batches taken from `work` and not yet finished
   bool retiring = false;
+  bool recover_pending = false;  // a caller's run left the backend to recover (Backend::needs_recovery)
   std::condition_variable cv;
   std::thread thread;
 
@@ -112,6 +114,8 @@ void Executor::set_instance_count(int count) {
     inst->device = config_.device;
     inst->backend = factory_(InstanceInfo{i, config_.device});
     MS_EXPECTS(inst->backend != nullptr, kInternal, config_.model, ": backend factory returned no backend");
+    inst->input_resource = inst->backend->input_resource();
+    if (!inst->input_resource) inst->input_resource = host_pool();
     if (inst->device.kind == DeviceKind::kCuda && inst->backend->wants_device_memory()) {
       inst->pipelined = true;
       inst->depth = 2;
@@ -234,7 +238,20 @@ void Executor::worker(Instance* inst) {
       std::unique_lock<std::mutex> lock(mutex_);
       // A retiring instance exits once nothing of it runs (a caller may be running a batch on
       // it: Note [Caller runs]); its own batches it runs first.
-      inst->cv.wait(lock, [&] { return !inst->work.empty() || (inst->retiring && inst->busy == 0); });
+      inst->cv.wait(lock, [&] {
+        return !inst->work.empty() || inst->recover_pending || (inst->retiring && inst->busy == 0);
+      });
+      if (inst->recover_pending) {
+        // A caller ran the failed batch (Note [Caller runs]); its slot is still held for this.
+        inst->recover_pending = false;
+        lock.unlock();
+        inst->backend->recover();
+        lock.lock();
+        inst->busy -= 1;
+        lock.unlock();
+        if (on_slot_free_) on_slot_free_(0, 0);
+        continue;
+      }
       if (inst->work.empty()) break;
       batch = std::move(inst->work.front());
       inst->work.pop_front();
@@ -311,7 +328,8 @@ void Executor::run_batch(Instance& inst, Batch& batch) {
   auto t0 = start, t1 = start;
   try {
     // Gathered ahead while the instance ran its last batch (Note [Look-ahead batches]), or now.
-    TensorList inputs = batch.gathered.empty() ? gather_inputs(batch, host_pool(), {}) : std::move(batch.gathered);
+    TensorList inputs =
+        batch.gathered.empty() ? gather_inputs(batch, inst.input_resource, {}) : std::move(batch.gathered);
     t0 = Clock::now();
     const auto requested = requested_union(batch);
     ExecuteContext ctx{inputs, requested, batch.batch_size, {}, host_pool(), inst.index};
@@ -509,17 +527,33 @@ void Executor::finish(Instance& inst, Batch& batch, const TensorList& outputs, c
       stats_.compute_output_ns += t.compute_output_ns;
     }
   }
-  // The slot frees before the completions run, so the batcher forms the next batch meanwhile.
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    inst.busy -= 1;
-    if (inst.retiring && inst.busy == 0) inst.cv.notify_all();  // its thread may exit now
-  }
-  if (on_slot_free_) {
-    on_slot_free_(failure.is_ok() ? batch.batch_size : 0, t.compute_input_ns + t.compute_infer_ns + t.compute_output_ns);
-  }
+  auto free_slot = [&] {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      inst.busy -= 1;
+      if (inst.retiring && inst.busy == 0) inst.cv.notify_all();  // its thread may exit now
+    }
+    if (on_slot_free_) {
+      on_slot_free_(failure.is_ok() ? batch.batch_size : 0,
+                    t.compute_input_ns + t.compute_infer_ns + t.compute_output_ns);
+    }
+  };
+  // The slot frees before the completions run, so the batcher forms the next batch meanwhile;
+  // an instance that must recover first (Backend::needs_recovery) stays busy until it has.
+  const bool recover = !failure.is_ok() && inst.backend->needs_recovery();
+  if (!recover) free_slot();
   for (size_t i = 0; i < batch.requests.size(); ++i) batch.requests[i]->complete(std::move(responses[i]));
   batch.requests.clear();
+  if (recover && std::this_thread::get_id() == inst.thread.get_id()) {
+    inst.backend->recover();
+    free_slot();
+  } else if (recover) {
+    // A caller's thread (Note [Caller runs]) returns its error now; the instance's own thread
+    // recovers, holding the slot until it has.
+    std::lock_guard<std::mutex> lock(mutex_);
+    inst.recover_pending = true;
+    inst.cv.notify_all();
+  }
 }
 
 void Executor::record_failure(StatusCode code) {

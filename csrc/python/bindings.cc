@@ -15,10 +15,12 @@
 #include "exec/gather.h"
 #include "exec/model.h"
 #include "exec/native_backends.h"
+#include "exec/process_backend.h"
 #include "memory/cuda_resources.h"
 #include "memory/default_resources.h"
 #include "memory/host_resource.h"
 #include "memory/pool_resource.h"
+#include "memory/shm_resource.h"
 #include "protocol/infer_codec.h"
 #include "python/completion_queue.h"
 #include "python/dlpack.h"
@@ -280,6 +282,14 @@ PYBIND11_MODULE(_core, m) {
   m.def("host_pool", &host_pool);
   m.def("pinned_pool", &pinned_pool);
   m.def("device_pool", &device_pool, py::arg("device") = 0);
+  m.def("shm_pool", &shm_pool, "the pool of shared-memory blocks process instances exchange tensors in");
+  m.def("shm_segments", [] {
+    const SharedMemoryResource& s = shm_segments();
+    py::dict d;
+    d["segments"] = s.segments();
+    d["bytes_mapped"] = s.bytes_mapped();
+    return d;
+  });
 
   // --- tensors ---
   py::class_<Tensor>(m, "Tensor", py::buffer_protocol())
@@ -390,6 +400,62 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("kind", &NativeBackendOptions::kind)
       .def_readonly("delay_us", &NativeBackendOptions::delay_us);
 
+  py::class_<ProcessInstances, std::shared_ptr<ProcessInstances>>(m, "ProcessInstances",
+                                                                  "worker processes of one version (Note [Process instances])")
+      .def(py::init([](std::string label, std::vector<std::string> argv, py::bytes init, double execute_timeout_s,
+                       double stop_timeout_s, int64_t spin_us, int64_t max_batch_size,
+                       std::vector<std::tuple<std::string, std::string, Shape>> outputs, int max_crashes,
+                       double crash_window_s, py::object log, py::object on_failed) {
+             WorkerOptions o;
+             o.label = std::move(label);
+             o.argv = std::move(argv);
+             o.init = std::string(init);
+             o.execute_timeout_s = execute_timeout_s;
+             o.stop_timeout_s = stop_timeout_s;
+             o.spin_us = spin_us;
+             o.max_batch_size = max_batch_size;
+             for (auto& [name, dtype, dims] : outputs) o.outputs.push_back({name, parse_datatype(dtype), dims});
+             o.max_crashes = max_crashes;
+             o.crash_window_s = crash_window_s;
+             o.log = python_callback<int, const std::string&, bool>(std::move(log));
+             o.on_failed = python_callback<const std::string&>(std::move(on_failed));
+             return std::make_shared<ProcessInstances>(std::move(o));
+           }),
+           py::arg("label"), py::arg("argv"), py::kw_only(), py::arg("init") = py::bytes(),
+           py::arg("execute_timeout_s") = 0.0, py::arg("stop_timeout_s") = 10.0, py::arg("spin_us") = 100,
+           py::arg("max_batch_size") = 0,
+           py::arg("outputs") = std::vector<std::tuple<std::string, std::string, Shape>>{}, py::arg("max_crashes") = 5,
+           py::arg("crash_window_s") = 60.0, py::arg("log") = py::none(), py::arg("on_failed") = py::none())
+      .def("workers",
+           [](const ProcessInstances& p) {
+             std::vector<WorkerInfo> ws;
+             {
+               py::gil_scoped_release release;
+               ws = p.workers();
+             }
+             py::list out;
+             for (const auto& w : ws) {
+               py::dict d;
+               d["instance"] = w.instance;
+               d["pid"] = w.pid;
+               d["starts"] = w.starts;
+               d["pss_bytes"] = w.pss_bytes;
+               out.append(d);
+             }
+             return out;
+           })
+      .def("stats", [](const ProcessInstances& p) {
+        ProcessStats s = p.stats();
+        py::dict d;
+        d["batches"] = s.batches;
+        d["control_messages"] = s.control_messages;
+        d["control_bytes"] = s.control_bytes;
+        d["starts"] = s.starts;
+        d["crashes"] = s.crashes;
+        d["failed"] = s.failed;
+        return d;
+      });
+
   // --- completions ---
   py::class_<CompletionQueue, std::shared_ptr<CompletionQueue>>(m, "CompletionQueue")
       .def(py::init<>())
@@ -444,9 +510,10 @@ PYBIND11_MODULE(_core, m) {
              c.inputs = parse_specs(inputs);
              c.outputs = parse_specs(outputs);
              apply_batching_kwargs(c.batching, batching);
-             BackendFactory factory = py::isinstance<NativeBackendOptions>(backend)
-                                          ? native_backend_factory(backend.cast<NativeBackendOptions>())
-                                          : python_backend_factory(backend);
+             BackendFactory factory =
+                 py::isinstance<NativeBackendOptions>(backend) ? native_backend_factory(backend.cast<NativeBackendOptions>())
+                 : py::isinstance<ProcessInstances>(backend)   ? backend.cast<std::shared_ptr<ProcessInstances>>()->factory()
+                                                               : python_backend_factory(backend);
              py::gil_scoped_release release;
              return std::make_unique<PyModel>(std::make_shared<Model>(std::move(c), std::move(factory)));
            }),

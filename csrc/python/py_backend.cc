@@ -11,26 +11,6 @@ namespace modelserve::python {
 
 namespace {
 
-// Holds a Python object on the C++ side; takes the GIL to drop it (from any thread).
-class GilObject {
- public:
-  explicit GilObject(py::object obj) : obj_(std::move(obj)) {}
-  ~GilObject() {
-    if (!Py_IsInitialized()) {
-      obj_.release();  // the interpreter is gone; so is the object
-      return;
-    }
-    py::gil_scoped_acquire gil;
-    obj_ = py::object();
-  }
-  GilObject(const GilObject&) = delete;
-  GilObject& operator=(const GilObject&) = delete;
-  const py::object& get() const { return obj_; }
-
- private:
-  py::object obj_;
-};
-
 // Note [Instance thread states]
 // ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
 // A core thread that takes the GIL needs a PyThreadState. gil_scoped_acquire creates one when the

@@ -65,6 +65,8 @@ class PoolResource(MemoryResource):
 def host_pool() -> PoolResource: ...
 def pinned_pool() -> PoolResource: ...
 def device_pool(device: SupportsIndex = 0) -> PoolResource: ...
+def shm_pool() -> PoolResource: ...
+def shm_segments() -> dict[str, int]: ...  # segments, bytes_mapped
 
 # --- tensors --------------------------------------------------------------------------------
 
@@ -123,6 +125,19 @@ class NativeBackend:
     def kind(self) -> str: ...
     @property
     def delay_us(self) -> int: ...
+
+class ProcessInstances:
+    """The worker processes of one version (Note [Process instances]); a Model's backend."""
+
+    def __init__(
+        self, label: str, argv: Sequence[str], *, init: bytes = b"", execute_timeout_s: float = 0.0,
+        stop_timeout_s: float = 10.0, spin_us: SupportsIndex = 100, max_batch_size: SupportsIndex = 0,
+        outputs: Sequence[tuple[str, str, Sequence[SupportsIndex]]] = (), max_crashes: SupportsIndex = 5,
+        crash_window_s: float = 60.0, log: Callable[[int, str, bool], None] | None = None,
+        on_failed: Callable[[str], None] | None = None,
+    ) -> None: ...
+    def workers(self) -> list[dict[str, int]]: ...  # instance, pid, starts, pss_bytes
+    def stats(self) -> dict[str, Any]: ...  # batches, control_messages, control_bytes, starts, crashes, failed
 
 class Pending:
     """One submitted request: its completion, status and outputs."""

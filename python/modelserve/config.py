@@ -120,6 +120,11 @@ class InstancesConfig(_Strict):
 
     count: int = Field(default=1, ge=1)  # at load; default min when min is given
     device: Literal["auto", "cpu", "gpu"] = "auto"
+    # thread: instances share the server's interpreter; process: each is a worker process (python
+    # backend only; Note [Process instances] in csrc/exec/process_backend.h).
+    isolation: Literal["thread", "process"] = "thread"
+    execute_timeout_s: float | None = Field(default=None, gt=0)  # process instances: per batch
+    spin_us: int = Field(default=100, ge=0)  # process instances: Note [Spinning for replies]
     min: int | None = Field(default=None, ge=1)  # default: count
     max: int | None = Field(default=None, ge=1)  # default: count (min when larger)
     target: float | None = Field(default=None, gt=0)  # queued + in-flight per instance; default max(1, max_batch_size)
@@ -137,6 +142,10 @@ class InstancesConfig(_Strict):
         hi = self.max if self.max is not None else max(self.count, lo)
         if not lo <= self.count <= hi:
             raise ValueError(f"min <= count <= max; got min={lo}, count={self.count}, max={hi}")
+        if self.isolation == "process" and self.device == "gpu":
+            raise ValueError("isolation: process runs instances on the CPU; it cannot be combined with device: gpu")
+        if self.execute_timeout_s is not None and self.isolation != "process":
+            raise ValueError("execute_timeout_s needs isolation: process (a thread instance cannot be stopped)")
         return self
 
 

@@ -8,7 +8,8 @@ This is the layer the repository and the servers build on::
     out = await engine.infer_async({"INPUT0": x})      # asyncio; completions arrive in batches
     engine.close()
 
-``backend`` is either a :class:`NativeBackend` (C++, for tests and benchmarks), an object with
+``backend`` is either a :class:`NativeBackend` (C++, for tests and benchmarks), the worker processes
+of :func:`modelserve.backends.process.process_instances`, an object with
 ``execute(inputs: dict[str, numpy.ndarray]) -> dict[str, numpy.ndarray]`` shared by every
 instance, or a callable ``factory(instance_index: int, device: str)`` that returns such an object
 for each instance.
@@ -300,7 +301,7 @@ def _on_loop(submit: Any) -> AsyncRequest:
 
 
 def _factory_of(backend: Any) -> Any:
-    if isinstance(backend, NativeBackend):
+    if isinstance(backend, (NativeBackend, _core.ProcessInstances)):
         return backend
     if hasattr(backend, "execute") and not isinstance(backend, type):
         return lambda instance, device: backend

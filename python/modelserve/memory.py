@@ -27,6 +27,7 @@ __all__ = [
     "host_pool",
     "pinned_pool",
     "device_pool",
+    "shm_pool",
     "pool_stats",
 ]
 
@@ -52,9 +53,15 @@ def device_pool(device: int = 0) -> PoolResource:
     return _core.device_pool(device)
 
 
+def shm_pool() -> PoolResource:
+    """The process-wide pool of shared memory (memfd segments) that process instances exchange
+    batches in (Note [Shared memory segments] in csrc/memory/shm_resource.h)."""
+    return _core.shm_pool()
+
+
 def pool_stats() -> dict[str, dict]:
     """Statistics of every process-wide pool, keyed by pool name."""
-    pools = [host_pool()]
+    pools = [host_pool(), shm_pool()]
     if cuda.is_available():
         pools.append(pinned_pool())
         pools.extend(device_pool(d) for d in range(cuda.device_count()))

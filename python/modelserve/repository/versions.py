@@ -30,6 +30,7 @@ from .. import cuda
 from ..autoscale import Scaler, ScaleEvent, ScalingPolicy
 from ..backends import Backend, BackendContext, get as get_backend
 from ..backends import python as python_backend
+from ..backends.process import process_instances
 from ..config import ModelConfig, TensorConfig
 from ..engine import ModelEngine
 from ..errors import InternalError, InvalidArgumentError, UnavailableError
@@ -54,7 +55,7 @@ S = VersionState
 TRANSITIONS: dict[VersionState, frozenset[VersionState]] = {
     S.LOADING: frozenset({S.WARMING, S.FAILED}),
     S.WARMING: frozenset({S.READY, S.FAILED}),
-    S.READY: frozenset({S.DRAINING}),
+    S.READY: frozenset({S.DRAINING, S.FAILED}),  # FAILED: its worker processes kept crashing
     S.DRAINING: frozenset({S.UNLOADED}),
     S.UNLOADED: frozenset(),
     S.FAILED: frozenset(),
@@ -150,6 +151,7 @@ class ModelVersion:
         self.inputs: list[TensorConfig] = list(config.inputs)
         self.outputs: list[TensorConfig] = list(config.outputs)
         self.engine: ModelEngine | None = None
+        self.workers: Any = None  # the core's ProcessInstances with instances.isolation: process
         self.phases: dict[str, float] = {}
         self.history: list[Transition] = [Transition(S.LOADING, time.time(), "")]
         self._backends: list[Backend] = []  # guarded by _lock: the live instances' backends
@@ -195,7 +197,7 @@ class ModelVersion:
         )
 
     def describe(self) -> dict[str, Any]:
-        return {
+        described = {
             "version": self.version,
             "state": self.state.value,
             "reason": self.reason,
@@ -203,6 +205,10 @@ class ModelVersion:
             "phases": dict(self.phases),
             "history": [{"state": t.state.value, "at": t.at, "reason": t.reason} for t in self.history],
         }
+        if self.workers is not None:  # process instances: pid, starts and memory of each worker
+            described["workers"] = self.workers.workers()
+            described["worker_stats"] = self.workers.stats()
+        return described
 
     # --- loading --------------------------------------------------------------------------------
     def load(self) -> "ModelVersion":
@@ -213,8 +219,14 @@ class ModelVersion:
             self.inputs, self.outputs = resolve_io(self.name, self.path, self.config, backend)
             cfg = self.config
             device = cfg.instances.device
+            isolated = cfg.instances.isolation == "process"
+            if isolated and self.backend_name != "python":
+                raise InvalidArgumentError(
+                    f"{self.label}: instances.isolation: process is for the python backend, not '{self.backend_name}' "
+                    "(its framework releases the GIL already; use isolation: thread)"
+                )
             if device == "auto":
-                device = "cuda:0" if cuda.is_available() else "cpu"
+                device = "cuda:0" if cuda.is_available() and not isolated else "cpu"
             elif device == "gpu":
                 device = "cuda:0"
             self.device = device
@@ -223,9 +235,12 @@ class ModelVersion:
             if self.budget is not None:
                 self.budget.reserve(self, device, weights * cfg.instances.count, f"{self.label} (estimated from its files)")
             rss0 = rss_bytes()
+            if isolated:
+                self.workers = process_instances(self.name, self.version, self.path, cfg,
+                                                 [t.as_spec() for t in self.outputs], on_failed=self._workers_failed)
             self.engine = ModelEngine(
                 self.name,
-                lambda instance, dev: self._make_backend(backend, instance, dev),
+                self.workers if isolated else (lambda instance, dev: self._make_backend(backend, instance, dev)),
                 version=self.version,
                 max_batch_size=cfg.max_batch_size,
                 dynamic_batching=cfg.batching_settings(),
@@ -240,7 +255,9 @@ class ModelVersion:
             self._warmup()
             self.phases["warmup_s"] = time.monotonic() - t1
             self.instances = cfg.instances.count
-            self._measure(rss_bytes() - rss0)
+            # A worker's proportional set size: pages it shares (with the server, the other
+            # workers) count once, split between the processes that map them.
+            self._measure(self.workers_memory() if isolated else rss_bytes() - rss0)
             self._move(S.READY)
             return self
         except BaseException as e:
@@ -248,6 +265,27 @@ class ModelVersion:
             self._release(drain=False)
             self._move(S.FAILED, reason)
             raise
+
+    def workers_memory(self) -> int:
+        """The summed proportional set size of this version's worker processes (0 for thread
+        instances)."""
+        return sum(w["pss_bytes"] for w in self.workers.workers()) if self.workers is not None else 0
+
+    def _workers_failed(self, reason: str) -> None:
+        """Called on a core thread once the workers crashed too often: READY -> FAILED, and the
+        engine stops (queued requests fail with UNAVAILABLE), on a thread of its own."""
+
+        def fail() -> None:
+            with self._lock:
+                if self.state is not S.READY:
+                    return  # a failing load reports its own error; a draining version is going anyway
+            try:
+                self._move(S.FAILED, reason)
+            except InternalError:
+                return  # it started draining meanwhile
+            self._release(drain=False)
+
+        threading.Thread(target=fail, name="modelserve-version-failed", daemon=True).start()
 
     def _make_backend(self, cls: type[Backend], instance: int, device: str) -> "_Instance":
         ctx = BackendContext(self.name, self.version, self.path, self.config, device=device, instance=instance)

@@ -39,6 +39,8 @@ modelserve_model_state                                  gauge      model, versio
 modelserve_model_load_duration_seconds                  gauge      model, version, phase (load, warmup)
 modelserve_memory_pool_bytes                            gauge      pool, kind (in_use, held, peak)
 modelserve_memory_pool_hit_ratio                        gauge      pool
+modelserve_instance_memory_bytes                        gauge      model, version, instance (a worker's PSS)
+modelserve_instance_restarts_total                      counter    model, version (worker crashes)
 process_*, python_info, python_gc_*                     various    prometheus_client's standard ones
 ======================================================  =========  =================================
 
@@ -153,6 +155,27 @@ class _RuntimeCollector(Collector):
                         load.add_metric(labels + [phase], v["phases"][f"{phase}_s"])
         yield state
         yield load
+
+        # Process instances (instances.isolation: process): each worker's proportional set size.
+        worker_memory = GaugeMetricFamily(
+            "modelserve_instance_memory_bytes", "Proportional set size of an instance's worker process",
+            labels=mv + ["instance"],
+        )
+        restarts = CounterMetricFamily(
+            "modelserve_instance_restarts", "Worker processes that died or were killed (and restarted)", labels=mv
+        )
+        for name, managed in sorted(self.runtime.repository.models.items()):
+            for version, mv_ in sorted(managed.versions.items()):
+                workers = mv_.workers
+                if workers is None or mv_.state is VersionState.UNLOADED:
+                    continue
+                labels = [name, str(version)]
+                for w in workers.workers():
+                    if w["pid"] > 0:
+                        worker_memory.add_metric(labels + [str(w["instance"])], w["pss_bytes"])
+                restarts.add_metric(labels, workers.stats()["crashes"])
+        yield worker_memory
+        yield restarts
 
         pool_bytes = GaugeMetricFamily("modelserve_memory_pool_bytes", "Memory pool bytes", labels=["pool", "kind"])
         hit = GaugeMetricFamily("modelserve_memory_pool_hit_ratio", "Allocations served from the pool", labels=["pool"])
