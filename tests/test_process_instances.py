@@ -4,7 +4,9 @@ signals."""
 
 import logging
 import os
+import re
 import signal
+import struct
 import sys
 import textwrap
 import threading
@@ -188,7 +190,10 @@ def test_a_worker_that_exits_fails_its_batch_naming_the_exit_code(rt):
 
 
 def test_a_segfault_is_named(rt):
-    with pytest.raises(modelserve.InternalError, match=r"killed by signal 11 \(SIGSEGV\)"):
+    # Under .ci/sanitize the worker has AddressSanitizer preloaded, whose SIGSEGV handler aborts.
+    sanitized = "libasan" in os.environ.get("LD_PRELOAD", "")
+    signal_text = r"6 \(SIGABRT\)" if sanitized else r"11 \(SIGSEGV\)"
+    with pytest.raises(modelserve.InternalError, match="killed by signal " + signal_text):
         rt.infer("p", row(-6.0))
     np.testing.assert_array_equal(rt.infer("p", row(1.0))["OUTPUT0"], [[2, 2, 2, 2]])
 
@@ -262,6 +267,10 @@ def test_isolation_process_is_refused_for_other_backends_and_gpus(tmp_path):
     (tmp_path / "o" / "1").mkdir(parents=True)
     onnx.save(helper.make_model(graph), tmp_path / "o" / "1" / "model.onnx")
     (tmp_path / "o" / "config.yaml").write_text("instances: {isolation: process}\n")
+    from modelserve.repository import validate_repository
+
+    assert any("instances.isolation: process is for the python backend, not 'onnx'" in e
+               for e in validate_repository(tmp_path))
     with Runtime(tmp_path) as rt:
         version = rt.model_versions("o")["versions"][1]
         assert version["state"] == "FAILED"
@@ -371,3 +380,83 @@ def test_engine_api_takes_process_instances_directly(tmp_path):
         assert list(out["y"]) == [b"AB", b"", b"XYZ"]
         np.testing.assert_array_equal(out["n"], [3, 2, 1])
         assert out["n"].dtype == np.int16
+
+
+def test_the_server_serves_process_instances_and_survives_a_killed_worker(tmp_path):
+    grpcclient = pytest.importorskip("tritonclient.grpc")
+    from tritonclient.utils import InferenceServerException
+    from test_server import ServerProcess
+
+    make_model(tmp_path, instances="{count: 1, isolation: process}")
+    server = ServerProcess(tmp_path, "--shutdown-grace", "0")
+    try:
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+
+        def ask(value):
+            x = grpcclient.InferInput("INPUT0", [1, 4], "FP32")
+            x.set_data_from_numpy(np.full((1, 4), value, np.float32))
+            return client.infer("p", [x])
+
+        first = ask(1.0)
+        np.testing.assert_array_equal(first.as_numpy("OUTPUT0"), [[2, 2, 2, 2]])
+        pid = int(first.as_numpy("PID")[0, 0])
+        result = {}
+        t = threading.Thread(target=lambda: result.setdefault("e", pytest.raises(InferenceServerException,
+                                                                                 ask, -1.0)))
+        t.start()
+        marks = tmp_path / "p-marks"
+        assert wait_for(lambda: (marks / f"started-{pid}").exists() and (marks / f"started-{pid}").read_text() == "-1")
+        os.kill(pid, signal.SIGKILL)
+        t.join(30)
+        error = result["e"].value
+        assert error.status() == "StatusCode.INTERNAL"
+        assert "killed by signal 9 (SIGKILL)" in error.message()
+        second = ask(1.0)
+        np.testing.assert_array_equal(second.as_numpy("OUTPUT0"), [[2, 2, 2, 2]])
+        assert int(second.as_numpy("PID")[0, 0]) != pid
+        client.close()
+    finally:
+        server.stop()
+    log = "".join(server.lines)
+    assert "model 'p' version 1 instance 0: worker for instance 0 loaded" in log
+    assert "model 'p' version 1 instance 0: a line on stderr" in log
+
+
+FAKE_WORKER = textwrap.dedent(
+    """
+    import socket, struct, sys
+    sock = socket.socket(fileno=3)
+    reply = bytes.fromhex(sys.argv[1])
+    while True:
+        msg, fds, _, _ = socket.recv_fds(sock, 1 << 16, 250)
+        if not msg or msg[:1] == b"Q":
+            break
+        sock.sendall(b"R" if msg[:1] == b"I" else reply)
+    """
+)
+
+
+@pytest.mark.parametrize("reply, message", [
+    (b"Z", "unexpected message 'Z' from the worker"),
+    (b"D", "malformed message from the worker"),
+    # One output in block 7 of a batch that was given none.
+    (struct.pack("<BxHBBHiQ", ord("D"), 1, 11, 1, 1, 7, 4) + struct.pack("<q", 1) + b"y",
+     "the worker named output block 7 for output 'y', which it was not given"),
+    # Four floats in a block claimed to hold a [1] FP32 output of 8 bytes.
+    (struct.pack("<BxHBBHiQ", ord("D"), 1, 11, 1, 1, 0, 8) + struct.pack("<q", 1) + b"y",
+     "output 'y' of shape [1] needs 4 bytes, the worker sent 8"),
+])
+def test_a_worker_that_breaks_the_protocol_fails_its_batch_and_is_replaced(tmp_path, reply, message):
+    from modelserve.engine import ModelEngine
+
+    script = tmp_path / "fake_worker.py"
+    script.write_text(FAKE_WORKER)
+    workers = core.ProcessInstances("model 'fake' version 1", [sys.executable, str(script), reply.hex()],
+                                    outputs=[("y", "FP32", [1])], spin_us=0)
+    with ModelEngine("fake", workers, inputs=[("x", "FP32", [1])], outputs=[("y", "FP32", [1])]) as engine:
+        for attempt in (1, 2):
+            with pytest.raises(modelserve.InternalError, match=re.escape(message)):
+                engine.infer({"x": np.ones(1, np.float32)})
+            assert wait_for(lambda: workers.stats()["starts"] == attempt + 1)
+        assert workers.stats()["crashes"] == 2
+    assert shm_in_use() == 0

@@ -78,7 +78,7 @@ class Writer {
 
 class Reader {
  public:
-  Reader(const std::string& buf, const std::string& where) : buf_(buf), where_(where) {}
+  explicit Reader(const std::string& buf) : buf_(buf) {}
   template <typename T>
   T get() {
     need(sizeof(T));
@@ -97,11 +97,10 @@ class Reader {
 
  private:
   void need(size_t n) {
-    MS_EXPECTS(pos_ + n <= buf_.size(), kInternal, where_, ": malformed message from the worker (", buf_.size(),
+    MS_EXPECTS(pos_ + n <= buf_.size(), kInternal, "malformed message from the worker (", buf_.size(),
                " bytes, field at ", pos_, " needs ", n, ")");
   }
   const std::string& buf_;
-  const std::string& where_;
   size_t pos_ = 0;
 };
 
@@ -126,10 +125,10 @@ struct WantedOutput {  // one entry of an 'A' or 'D' message
   uint64_t bytes = 0;
 };
 
-WantedOutput get_output(Reader& r, bool with_slot, const std::string& where) {
+WantedOutput get_output(Reader& r, bool with_slot) {
   WantedOutput o;
   const auto dtype = r.get<uint8_t>();
-  MS_EXPECTS(dtype < kNumDataTypes, kInternal, where, ": the worker sent datatype code ", int(dtype));
+  MS_EXPECTS(dtype < kNumDataTypes, kInternal, "the worker sent datatype code ", int(dtype));
   o.dtype = static_cast<DataType>(dtype);
   const auto ndim = r.get<uint8_t>();
   const auto name_len = r.get<uint16_t>();
@@ -137,10 +136,10 @@ WantedOutput get_output(Reader& r, bool with_slot, const std::string& where) {
   o.bytes = r.get<uint64_t>();
   for (int i = 0; i < ndim; ++i) o.shape.push_back(r.get<int64_t>());
   o.name = r.get_bytes(name_len);
-  for (int64_t d : o.shape) MS_EXPECTS(d >= 0, kInternal, where, ": output '", o.name, "' has dimension ", d);
+  for (int64_t d : o.shape) MS_EXPECTS(d >= 0, kInternal, "output '", o.name, "' has dimension ", d);
   if (o.dtype != DataType::kBytes) {
     const uint64_t expected = static_cast<uint64_t>(num_elements(o.shape)) * element_size(o.dtype);
-    MS_EXPECTS(o.bytes == expected, kInternal, where, ": output '", o.name, "' of shape ", shape_str(o.shape),
+    MS_EXPECTS(o.bytes == expected, kInternal, "output '", o.name, "' of shape ", shape_str(o.shape),
                " needs ", expected, " bytes, the worker sent ", o.bytes);
   }
   return o;
@@ -157,8 +156,7 @@ int dup_above_stdio(int fd) {
 class ProcessBackend final : public Backend {
  public:
   ProcessBackend(std::shared_ptr<ProcessInstances> owner, int instance)
-      : owner_(std::move(owner)), options_(owner_->options()), instance_(instance),
-        where_(options_.label + " instance " + std::to_string(instance)) {
+      : owner_(std::move(owner)), options_(owner_->options()), instance_(instance) {
     start();
   }
   ~ProcessBackend() override { stop(); }
@@ -200,6 +198,16 @@ class ProcessBackend final : public Backend {
     } catch (const WorkerGone& gone) {
       lose_worker(gone.what());
       MS_FAIL(kInternal, gone.what());
+    } catch (const std::exception& e) {
+      if (owes_answer_ && pid_ > 0) {
+        // The worker still owes an answer (a malformed message, shared memory that ran out
+        // mid-exchange): the next batch could read it, so this worker is done.
+        const int pid = pid_;
+        kill(pid_, SIGKILL);
+        reap(false);
+        lose_worker(std::string(e.what()) + "; the worker process (pid " + std::to_string(pid) + ") was killed");
+      }
+      throw;
     }
   }
 
@@ -214,7 +222,7 @@ class ProcessBackend final : public Backend {
       at = *found;
       return t;
     }
-    MS_EXPECTS(t.device().host_accessible(), kInternal, where_, ": process instances take host memory");
+    MS_EXPECTS(t.device().host_accessible(), kInternal, "process instances take host memory");
     Tensor copy = Tensor::empty(t.dtype(), t.shape(), shm_pool(), {}, t.byte_size());
     if (t.byte_size() > 0) std::memcpy(copy.data(), t.data(), t.byte_size());
     at = *shm_segments().locate(copy.data());
@@ -224,7 +232,7 @@ class ProcessBackend final : public Backend {
   // Segments the worker has not mapped yet are announced (with descriptors) before any use.
   void announce(const ShmLocation& at, Writer& segs, std::vector<int>& fds, uint16_t& count) {
     if (mapped_.count(at.segment)) return;
-    MS_EXPECTS(fds.size() < kMaxFdsPerMessage, kInternal, where_, ": a batch uses more than ", kMaxFdsPerMessage,
+    MS_EXPECTS(fds.size() < kMaxFdsPerMessage, kInternal, "a batch uses more than ", kMaxFdsPerMessage,
                " new shared-memory segments");
     mapped_.insert(at.segment);
     segs.put<uint32_t>(at.segment).put<uint64_t>(at.segment_bytes);
@@ -293,11 +301,12 @@ class ProcessBackend final : public Backend {
         .put_bytes(drops.str())
         .put_bytes(body.str());
     send(msg.str(), fds);
+    owes_answer_ = true;
 
     std::vector<NamedTensor> allocated;
     while (true) {
       std::string reply = receive(deadline);
-      Reader r(reply, where_);
+      Reader r(reply);
       const char kind = static_cast<char>(r.get<uint8_t>());
       if (kind == 'A') {
         r.get<uint8_t>();
@@ -307,7 +316,7 @@ class ProcessBackend final : public Backend {
         uint16_t new2 = 0;
         allocated.clear();
         for (int i = 0; i < n; ++i) {
-          WantedOutput o = get_output(r, false, where_);
+          WantedOutput o = get_output(r, false);
           Tensor t = Tensor::empty(o.dtype, o.shape, shm_pool(), {}, o.bytes);
           ShmLocation at = *shm_segments().locate(t.data());
           announce(at, segs2, fds2, new2);
@@ -323,36 +332,38 @@ class ProcessBackend final : public Backend {
         const auto n = r.get<uint16_t>();
         TensorList outputs;
         for (int i = 0; i < n; ++i) {
-          WantedOutput o = get_output(r, true, where_);
+          WantedOutput o = get_output(r, true);
           const NamedTensor* block = nullptr;
           if (o.slot >= 0 && static_cast<size_t>(o.slot) < prealloc.size()) block = &prealloc[o.slot];
           const int32_t a = -o.slot - 1;
           if (o.slot < 0 && static_cast<size_t>(a) < allocated.size()) block = &allocated[a];
-          MS_EXPECTS(block != nullptr, kInternal, where_, ": the worker named output block ", o.slot,
+          MS_EXPECTS(block != nullptr, kInternal, "the worker named output block ", o.slot,
                      " for output '", o.name, "', which it was not given");
-          MS_EXPECTS(o.bytes <= block->tensor.buffer()->size(), kInternal, where_, ": output '", o.name, "' of ",
+          MS_EXPECTS(o.bytes <= block->tensor.buffer()->size(), kInternal, "output '", o.name, "' of ",
                      o.bytes, " bytes does not fit its block of ", block->tensor.buffer()->size());
           if (o.dtype == DataType::kBytes) {
             const size_t span = bytes_elements_span(static_cast<const uint8_t*>(block->tensor.data()), o.bytes,
                                                     static_cast<size_t>(num_elements(o.shape)));
-            MS_EXPECTS(span == o.bytes, kInternal, where_, ": BYTES output '", o.name, "' has ", o.bytes - span,
+            MS_EXPECTS(span == o.bytes, kInternal, "BYTES output '", o.name, "' has ", o.bytes - span,
                        " bytes past its last element");
           }
           outputs.push_back({o.name, Tensor(o.dtype, o.shape, block->tensor.buffer(), 0, o.bytes)});
         }
+        owes_answer_ = false;
         return outputs;
       } else if (kind == 'E') {
         r.get<uint8_t>();
         r.get<uint16_t>();
         const auto code = r.get<int32_t>();
         const std::string text = r.rest();
+        owes_answer_ = false;  // the worker's answer: the batch failed in execute()
         const bool known = code > static_cast<int>(StatusCode::kOk) &&
                            code <= static_cast<int>(StatusCode::kUnimplemented) &&
                            code != static_cast<int>(StatusCode::kInternal);
         if (known) throw Error(static_cast<StatusCode>(code), text);
         MS_FAIL(kInternal, "execute() raised ", text);
       } else {
-        MS_FAIL(kInternal, where_, ": unexpected message '", kind, "' from the worker");
+        MS_FAIL(kInternal, "unexpected message '", kind, "' from the worker");
       }
     }
   }
@@ -379,7 +390,7 @@ class ProcessBackend final : public Backend {
     } while (n < 0 && errno == EINTR);
     if (n < 0) {
       if (errno == EPIPE || errno == ECONNRESET) throw WorkerGone(gone_message("while it was sent a batch"));
-      MS_FAIL(kInternal, where_, ": sending to the worker failed: ", std::strerror(errno));
+      MS_FAIL(kInternal, "sending to the worker failed: ", std::strerror(errno));
     }
     owner_->count_message(data.size());
   }
@@ -419,8 +430,8 @@ class ProcessBackend final : public Backend {
         n = recv(sock_, recv_buf_.data(), recv_buf_.size(), MSG_TRUNC);
       } while (n < 0 && errno == EINTR);
       if (n == 0 || (n < 0 && errno == ECONNRESET)) throw WorkerGone(gone_message("during execute()"));
-      if (n < 0) MS_FAIL(kInternal, where_, ": reading from the worker failed: ", std::strerror(errno));
-      MS_EXPECTS(static_cast<size_t>(n) <= kMaxMessage, kInternal, where_, ": the worker sent a message of ", n,
+      if (n < 0) MS_FAIL(kInternal, "reading from the worker failed: ", std::strerror(errno));
+      MS_EXPECTS(static_cast<size_t>(n) <= kMaxMessage, kInternal, "the worker sent a message of ", n,
                  " bytes (at most ", kMaxMessage, ")");
       owner_->count_message(static_cast<size_t>(n));
       return std::string(recv_buf_.data(), static_cast<size_t>(n));
@@ -481,6 +492,7 @@ class ProcessBackend final : public Backend {
     close(sock_);
     sock_ = -1;
     pid_ = -1;
+    owes_answer_ = false;
     mapped_.clear();
     stop_log_thread();
     owner_->set_worker(instance_, 0);
@@ -490,13 +502,13 @@ class ProcessBackend final : public Backend {
   void start() {
     int pair[2];
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0) {
-      MS_FAIL(kInternal, where_, ": socketpair for the worker failed: ", std::strerror(errno));
+      MS_FAIL(kInternal, "socketpair for the worker failed: ", std::strerror(errno));
     }
     int out[2];
     if (pipe2(out, O_CLOEXEC) != 0) {
       close(pair[0]);
       close(pair[1]);
-      MS_FAIL(kInternal, where_, ": pipe for the worker's output failed: ", std::strerror(errno));
+      MS_FAIL(kInternal, "pipe for the worker's output failed: ", std::strerror(errno));
     }
     const int child_sock = dup_above_stdio(pair[1]);
     const int child_out = dup_above_stdio(out[1]);
@@ -527,7 +539,7 @@ class ProcessBackend final : public Backend {
       close(sock_);
       close(out[0]);
       sock_ = -1;
-      MS_FAIL(kInternal, where_, ": starting the worker '", options_.argv.empty() ? "" : options_.argv[0],
+      MS_FAIL(kInternal, "starting the worker '", options_.argv.empty() ? "" : options_.argv[0],
               "' failed: ", std::strerror(err));
     }
     pid_ = pid;
@@ -535,21 +547,34 @@ class ProcessBackend final : public Backend {
     start_log_thread();
     owner_->set_worker(instance_, pid_);
     try {
+      handshake();
+    } catch (...) {
+      if (pid_ > 0) {
+        kill(pid_, SIGKILL);
+        reap(false);
+      }
+      throw;
+    }
+  }
+
+  // The start message and the worker's answer: ready, or why its load failed.
+  void handshake() {
+    try {
       Writer init;
       init.put<uint8_t>('I').put<uint8_t>(0).put<uint16_t>(0).put<int32_t>(instance_).put_bytes(options_.init);
       send(init.str(), {});
       const std::string reply = receive(SteadyClock::time_point::max());
-      Reader r(reply, where_);
+      Reader r(reply);
       const char kind = static_cast<char>(r.get<uint8_t>());
       if (kind == 'E') {
         r.get<uint8_t>();
         r.get<uint16_t>();
         r.get<int32_t>();
         const std::string text = r.rest();
-        reap(true);
+        reap(true, 1.0);
         MS_FAIL(kInternal, "creating instance ", instance_, " raised ", text);
       }
-      MS_EXPECTS(kind == 'R', kInternal, where_, ": the worker answered its start with '", kind, "'");
+      MS_EXPECTS(kind == 'R', kInternal, "the worker answered its start with '", kind, "'");
     } catch (const WorkerGone& gone) {
       MS_FAIL(kInternal, "creating instance ", instance_, " failed: ", gone.what(), " (its output is in the log)");
     }
@@ -597,7 +622,6 @@ class ProcessBackend final : public Backend {
   const std::shared_ptr<ProcessInstances> owner_;
   const WorkerOptions& options_;
   const int instance_;
-  const std::string where_;
   // All used by the instance's thread only (one batch at a time; Backend's contract).
   int pid_ = -1;
   int sock_ = -1;
@@ -606,6 +630,7 @@ class ProcessBackend final : public Backend {
   uint64_t seen_generation_ = 0;
   int recent_crashes_ = 0;
   bool spin_ = true;  // the last reply came within spin_us (Note [Spinning for replies])
+  bool owes_answer_ = false;  // a batch was sent and its 'D' or 'E' has not come yet
   std::vector<char> recv_buf_;
   std::thread log_thread_;
   std::shared_ptr<std::atomic<bool>> log_stop_;

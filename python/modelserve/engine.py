@@ -136,8 +136,8 @@ class ModelEngine:
             raise InvalidArgumentError(
                 f"model '{name}': unknown dynamic_batching key(s) {unknown}; expected any of {list(BATCHING_KEYS)}"
             )
-        if device == "auto":
-            device = "cuda:0" if cuda.is_available() else "cpu"
+        if device == "auto":  # process instances run on the CPU (Note [Process instances])
+            device = "cuda:0" if cuda.is_available() and not isinstance(backend, _core.ProcessInstances) else "cpu"
         self._model = _core.Model(
             name,
             version,

@@ -567,6 +567,10 @@ def validate_repository(root: str | Path) -> list[str]:
                 if not (vdir / backend.model_file).exists():
                     errors.append(f"{vdir}: backend '{backend_name}' needs {backend.model_file}")
                     continue
+                if config.instances.isolation == "process" and backend_name != "python":
+                    errors.append(f"{d.path / CONFIG_FILE}: instances.isolation: process is for the python backend, "
+                                  f"not '{backend_name}' (version {v})")
+                    continue
                 resolve_io(name, vdir, config, backend)
             except ModelserveError as e:
                 errors.extend(str(e).splitlines())
