@@ -229,27 +229,35 @@ class ProcessBackend final : public Backend {
     return copy;
   }
 
-  // Segments the worker has not mapped yet are announced (with descriptors) before any use.
-  void announce(const ShmLocation& at, Writer& segs, std::vector<int>& fds, uint16_t& count) {
-    if (mapped_.count(at.segment)) return;
-    MS_EXPECTS(fds.size() < kMaxFdsPerMessage, kInternal, "a batch uses more than ", kMaxFdsPerMessage,
+  // Segments the worker has not mapped yet are announced (with descriptors) in the message that
+  // first uses them; they count as mapped once that message is sent (commit()).
+  struct Announcements {
+    Writer segments;
+    std::vector<int> fds;
+    std::vector<uint32_t> ids;
+    uint16_t count() const { return static_cast<uint16_t>(ids.size()); }
+  };
+
+  void announce(const ShmLocation& at, Announcements& a) {
+    if (mapped_.count(at.segment) || std::find(a.ids.begin(), a.ids.end(), at.segment) != a.ids.end()) return;
+    MS_EXPECTS(a.fds.size() < kMaxFdsPerMessage, kInternal, "a batch uses more than ", kMaxFdsPerMessage,
                " new shared-memory segments");
-    mapped_.insert(at.segment);
-    segs.put<uint32_t>(at.segment).put<uint64_t>(at.segment_bytes);
-    fds.push_back(at.fd);
-    count += 1;
+    a.segments.put<uint32_t>(at.segment).put<uint64_t>(at.segment_bytes);
+    a.fds.push_back(at.fd);
+    a.ids.push_back(at.segment);
   }
+
+  void commit(const Announcements& a) { mapped_.insert(a.ids.begin(), a.ids.end()); }
 
   TensorList exchange(const ExecuteContext& ctx, SteadyClock::time_point deadline) {
     // Inputs, then output blocks whose shape config.yaml fixes.
     std::vector<std::pair<const std::string*, Tensor>> inputs;
     std::vector<ShmLocation> input_at(ctx.inputs.size());
-    Writer segs, body;
-    std::vector<int> fds;
-    uint16_t new_segments = 0;
+    Announcements fresh;
+    Writer body;
     for (size_t i = 0; i < ctx.inputs.size(); ++i) {
       inputs.emplace_back(&ctx.inputs[i].name, in_shared_memory(ctx.inputs[i].tensor, input_at[i]));
-      announce(input_at[i], segs, fds, new_segments);
+      announce(input_at[i], fresh);
       put_tensor(body, ctx.inputs[i].name, inputs.back().second, input_at[i]);
     }
     const bool batching = options_.max_batch_size > 0;
@@ -266,7 +274,7 @@ class ProcessBackend final : public Backend {
       if (batching) shape.insert(shape.begin(), ctx.batch_size);
       Tensor t = Tensor::empty(spec.dtype, shape, shm_pool());
       ShmLocation at = *shm_segments().locate(t.data());
-      announce(at, segs, fds, new_segments);
+      announce(at, fresh);
       put_tensor(body, spec.name, t, at);
       prealloc.push_back({spec.name, std::move(t)});
     }
@@ -291,16 +299,17 @@ class ProcessBackend final : public Backend {
     Writer msg;
     msg.put<uint8_t>('B')
         .put<uint8_t>(0)
-        .put<uint16_t>(new_segments)
+        .put<uint16_t>(fresh.count())
         .put<uint16_t>(dropped)
         .put<uint16_t>(static_cast<uint16_t>(ctx.inputs.size()))
         .put<uint16_t>(static_cast<uint16_t>(prealloc.size()))
         .put<uint16_t>(static_cast<uint16_t>(ctx.requested_outputs.size()))
         .put<int64_t>(ctx.batch_size)
-        .put_bytes(segs.str())
+        .put_bytes(fresh.segments.str())
         .put_bytes(drops.str())
         .put_bytes(body.str());
-    send(msg.str(), fds);
+    send(msg.str(), fresh.fds);
+    commit(fresh);
     owes_answer_ = true;
 
     std::vector<NamedTensor> allocated;
@@ -311,22 +320,22 @@ class ProcessBackend final : public Backend {
       if (kind == 'A') {
         r.get<uint8_t>();
         const auto n = r.get<uint16_t>();
-        Writer segs2, blocks;
-        std::vector<int> fds2;
-        uint16_t new2 = 0;
+        Announcements more;
+        Writer blocks;
         allocated.clear();
         for (int i = 0; i < n; ++i) {
           WantedOutput o = get_output(r, false);
           Tensor t = Tensor::empty(o.dtype, o.shape, shm_pool(), {}, o.bytes);
           ShmLocation at = *shm_segments().locate(t.data());
-          announce(at, segs2, fds2, new2);
+          announce(at, more);
           blocks.put<uint32_t>(at.segment).put<uint64_t>(at.offset);
           allocated.push_back({o.name, std::move(t)});
         }
         Writer k;
-        k.put<uint8_t>('K').put<uint8_t>(0).put<uint16_t>(new2).put<uint16_t>(n).put_bytes(segs2.str()).put_bytes(
-            blocks.str());
-        send(k.str(), fds2);
+        k.put<uint8_t>('K').put<uint8_t>(0).put<uint16_t>(more.count()).put<uint16_t>(n);
+        k.put_bytes(more.segments.str()).put_bytes(blocks.str());
+        send(k.str(), more.fds);
+        commit(more);
       } else if (kind == 'D') {
         r.get<uint8_t>();
         const auto n = r.get<uint16_t>();

@@ -297,7 +297,10 @@ def _exit_with_server() -> None:
 
 def main() -> int:
     _exit_with_server()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is the server's to handle
+    # ^C at a terminal and SIGTERM to the whole group (systemd's default KillMode, `timeout`) are the
+    # server's to handle: it finishes the running batches, then asks each worker to quit.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sock = socket.socket(fileno=_FD)
     worker = Worker(sock)
     msg, fds = worker.recv()
