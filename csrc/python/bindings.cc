@@ -35,6 +35,7 @@ using namespace modelserve::python;
 namespace modelserve::python {
 void bind_bench(py::module_& m);
 void bind_protocol(py::module_& m);  // py_protocol.cc
+void bind_gen(py::module_& m);       // py_gen.cc
 }
 
 namespace {
@@ -633,6 +634,7 @@ PYBIND11_MODULE(_core, m) {
 
   bind_bench(m);
   bind_protocol(m);
+  bind_gen(m);
   // What submit_parsed decodes and checks, as Python tensors: for requests that need them (a
   // shadow compares their outputs; Ray's ingress forwards them), with the same checks and messages.
   m.attr("protocol").cast<py::module_>().def(

@@ -1,0 +1,378 @@
+"""GenerationEngine: continuous batching of autoregressive generation (issue 16).
+
+The native scheduler (``_core.gen.Scheduler``, Note [Generation scheduling] in
+csrc/gen/scheduler.h) decides every iteration: which sequences compute which tokens, in which KV
+blocks. This engine runs that loop on a thread of its own: schedule, run the model on the step
+(:class:`modelserve.generation.gpt2.GPT2`), sample the next token of every sequence whose chunk
+ended at its last token, tell the scheduler which sequences finished, hand tokens to their
+requests::
+
+    engine = GenerationEngine("path/to/gpt2-folder", max_num_seqs=32)
+    out = engine.generate([464, 2068], SamplingParams(max_tokens=20))   # or a string, with tokenizer.json
+    for delta in engine.stream("Once upon", SamplingParams(max_tokens=20, temperature=0.8, seed=1)):
+        print(delta.text, end="")
+    engine.close()
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._native import core as _core
+from ..errors import CancelledError, DeadlineExceededError, InvalidArgumentError, UnavailableError
+from .gpt2 import GPT2, StepInput, _torch
+
+__all__ = ["GenerationEngine", "SamplingParams", "Completion", "Delta", "GenerationRequest"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one request's tokens are chosen and when it stops."""
+
+    max_tokens: int = 16
+    temperature: float = 0.0   # 0: greedy
+    top_k: int = 0             # 0: all tokens
+    top_p: float = 1.0
+    seed: int | None = None    # the same seed gives the same tokens, whatever else is in the batch
+    min_tokens: int = 0        # no stop (token, string or end of sequence) before this many
+    ignore_eos: bool = False
+    stop: Sequence[str] = ()   # stop strings: excluded from the text, even when they span tokens
+    stop_token_ids: Sequence[int] = ()
+    logprobs: bool = False     # the log-probability of each chosen token
+
+    def check(self, vocab_size: int) -> None:
+        def bad(key: str, expected: str, value: Any) -> None:
+            raise InvalidArgumentError(f"sampling parameter '{key}' must be {expected}, got {value!r}")
+
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            bad("max_tokens", "an integer >= 1", self.max_tokens)
+        if not self.temperature >= 0:
+            bad("temperature", ">= 0", self.temperature)
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            bad("top_k", "an integer >= 0", self.top_k)
+        if not 0 < self.top_p <= 1:
+            bad("top_p", "in (0, 1]", self.top_p)
+        if not isinstance(self.min_tokens, int) or not 0 <= self.min_tokens <= self.max_tokens:
+            bad("min_tokens", f"an integer in [0, max_tokens={self.max_tokens}]", self.min_tokens)
+        for t in self.stop_token_ids:
+            if not 0 <= t < vocab_size:
+                bad("stop_token_ids", f"token ids in [0, {vocab_size})", t)
+        if isinstance(self.stop, str):
+            bad("stop", "a list of strings", self.stop)
+
+
+@dataclass
+class Delta:
+    """What one iteration added to a streamed request."""
+
+    token_ids: list[int]
+    text: str
+    logprobs: list[float] | None = None
+    finish_reason: str | None = None  # set on the last delta: stop, length, cancelled
+
+
+@dataclass
+class Completion:
+    prompt_ids: list[int]
+    token_ids: list[int]
+    text: str | None                   # None without a tokenizer
+    finish_reason: str                 # stop, length
+    logprobs: list[float] | None = None
+
+
+_DONE = object()
+
+
+@dataclass
+class _Live:
+    """A request while it generates (touched by the engine thread only, but for the queue)."""
+
+    id: int
+    prompt: list[int]
+    params: SamplingParams
+    out: "queue.Queue[Any]" = field(default_factory=queue.Queue)
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    text_sent: int = 0     # characters of the decoded text already streamed
+    stopped_at: int | None = None  # where a stop string begins in the text
+
+
+class GenerationRequest:
+    """A submitted request: iterate for deltas, or ``result()``; ``cancel()`` frees its KV blocks
+    within one iteration."""
+
+    def __init__(self, engine: "GenerationEngine", live: _Live) -> None:
+        self._engine = engine
+        self._live = live
+        self._deltas: list[Delta] = []
+        self._finished: Delta | None = None
+        self._error: BaseException | None = None
+
+    def __iter__(self) -> Iterator[Delta]:
+        while self._finished is None and self._error is None:
+            item = self._live.out.get()
+            if isinstance(item, BaseException):
+                self._error = item
+                break
+            self._deltas.append(item)
+            if item.finish_reason is not None:
+                self._finished = item
+            yield item
+        if self._error is not None:
+            raise self._error
+
+    def result(self) -> Completion:
+        for _ in self:
+            pass
+        live = self._live
+        text = self._engine._text(live) if self._engine.tokenizer is not None else None
+        return Completion(live.prompt, list(live.tokens), text, self._finished.finish_reason,
+                          list(live.logprobs) if live.params.logprobs else None)
+
+    def cancel(self) -> None:
+        self._engine._cancel(self._live)
+
+
+class GenerationEngine:
+    """One generative model version: its weights, KV cache, scheduler and loop thread."""
+
+    def __init__(
+        self,
+        folder: str | Path,
+        *,
+        block_size: int = 16,
+        num_blocks: int | None = None,
+        kv_cache_bytes: int | None = None,
+        max_num_seqs: int = 64,
+        max_num_batched_tokens: int = 2048,
+        max_model_len: int | None = None,
+        prefix_caching: bool = True,
+        dtype: str = "float32",
+        device: str = "cpu",
+        name: str = "gpt2",
+    ) -> None:
+        folder = Path(folder)
+        self.name = name
+        self.model = GPT2(folder, dtype=dtype, device=device)
+        c = self.model.config
+        self.max_model_len = max_model_len or c.n_positions
+        if self.max_model_len > c.n_positions:
+            raise InvalidArgumentError(f"generation.max_model_len {self.max_model_len} exceeds the model's "
+                                       f"n_positions {c.n_positions}")
+        if num_blocks is not None and kv_cache_bytes is not None:
+            raise InvalidArgumentError("give generation.num_blocks or generation.kv_cache_bytes, not both")
+        per_block = self.model.kv_bytes_per_token() * block_size
+        if num_blocks is None:
+            if kv_cache_bytes is None:  # room for every seat at full length
+                num_blocks = max_num_seqs * math.ceil(self.max_model_len / block_size)
+            else:
+                num_blocks = kv_cache_bytes // per_block
+        self.block_size = block_size
+        self.scheduler = _core.gen.Scheduler(
+            block_size=block_size, num_blocks=num_blocks, max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens, max_model_len=self.max_model_len,
+            prefix_caching=prefix_caching)
+        # The KV cache: one buffer of the core's pool, viewed by torch through DLPack.
+        torch = _torch()
+        datatype = "FP64" if self.model.dtype == torch.float64 else "FP32"
+        self._kv_tensor = _core.Tensor.empty(datatype, list(self.model.kv_shape(num_blocks * block_size)),
+                                             _core.host_pool())
+        self.kv = torch.from_dlpack(self._kv_tensor)
+        self.kv_cache_bytes = num_blocks * per_block
+        self.tokenizer = None
+        if (folder / "tokenizer.json").exists():
+            from tokenizers import Tokenizer
+
+            self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self.eos = c.eos_token_id
+        self._ids = itertools.count(1)
+        self._live: dict[int, _Live] = {}
+        self._lock = threading.Condition()
+        self._cancelled: set[int] = set()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name=f"modelserve-generate-{name}", daemon=True)
+        self._thread.start()
+
+    # --- requests -------------------------------------------------------------------------------
+    def submit(self, prompt: str | Sequence[int], params: SamplingParams | None = None, *, priority: int = 0,
+               timeout_s: float | None = None) -> GenerationRequest:
+        params = params or SamplingParams()
+        params.check(self.model.config.vocab_size)
+        ids = self._encode(prompt)
+        if len(ids) + params.max_tokens > self.max_model_len:
+            raise InvalidArgumentError(
+                f"model '{self.name}': prompt of {len(ids)} tokens + max_tokens {params.max_tokens} exceeds "
+                f"generation.max_model_len {self.max_model_len}")
+        live = _Live(next(self._ids), ids, params)
+        with self._lock:
+            if self._closed:
+                raise UnavailableError(f"model '{self.name}': the generation engine is closed")
+            self._live[live.id] = live
+            self.scheduler.add(live.id, np.asarray(ids, np.int32), priority=priority, timeout_s=timeout_s)
+            self._lock.notify_all()
+        return GenerationRequest(self, live)
+
+    def generate(self, prompt: str | Sequence[int], params: SamplingParams | None = None, **kw: Any) -> Completion:
+        return self.submit(prompt, params, **kw).result()
+
+    def stream(self, prompt: str | Sequence[int], params: SamplingParams | None = None, **kw: Any) -> Iterator[Delta]:
+        request = self.submit(prompt, params, **kw)
+        try:
+            yield from request
+        finally:  # the caller stopped iterating (break, an exception, the generator closed)
+            if request._finished is None:
+                request.cancel()
+
+    def stats(self) -> dict[str, Any]:
+        return self.scheduler.stats()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
+        self._thread.join(30)
+        for live in list(self._live.values()):
+            live.out.put(UnavailableError(f"model '{self.name}': the generation engine closed"))
+        self._live.clear()
+
+    def __enter__(self) -> "GenerationEngine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- text -----------------------------------------------------------------------------------
+    def _encode(self, prompt: str | Sequence[int]) -> list[int]:
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise InvalidArgumentError(f"model '{self.name}' has no tokenizer.json: send token ids, not text")
+            ids = self.tokenizer.encode(prompt).ids
+        else:
+            ids = [int(t) for t in prompt]
+        vocab = self.model.config.vocab_size
+        if not ids:
+            raise InvalidArgumentError(f"model '{self.name}': the prompt is empty")
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:
+            raise InvalidArgumentError(f"model '{self.name}': prompt token {bad[0]} is outside the vocabulary [0, {vocab})")
+        return ids
+
+    def _text(self, live: _Live) -> str:
+        text = self.tokenizer.decode(live.tokens) if self.tokenizer is not None else ""
+        return text if live.stopped_at is None else text[: live.stopped_at]
+
+    # --- the loop -------------------------------------------------------------------------------
+    def _cancel(self, live: _Live) -> None:
+        with self._lock:
+            if live.id in self._live:
+                self._cancelled.add(live.id)
+                self._lock.notify_all()
+
+    def _finish(self, live: _Live, reason: str, new: list[int], logprobs: list[float]) -> None:
+        self._live.pop(live.id, None)
+        live.out.put(self._delta(live, new, logprobs, reason))
+
+    def _delta(self, live: _Live, new: list[int], logprobs: list[float], reason: str | None) -> Delta:
+        text = ""
+        if self.tokenizer is not None:
+            full = self._text(live)
+            # Hold back what could be the start of a stop string until it is decided.
+            hold = 0 if reason is not None else max((len(s) - 1 for s in live.params.stop), default=0)
+            upto = max(live.text_sent, len(full) - hold)
+            text, live.text_sent = full[live.text_sent:upto], upto
+        return Delta(new, text, logprobs if live.params.logprobs else None, reason)
+
+    def _loop(self) -> None:
+        torch = _torch()
+        while True:
+            with self._lock:
+                while not self._closed and not self.scheduler.has_work() and not self._cancelled:
+                    self._lock.wait()
+                if self._closed:
+                    return
+                for rid in self._cancelled:
+                    live = self._live.pop(rid, None)
+                    if live is not None and self.scheduler.abort(rid):
+                        live.out.put(Delta([], "", None, "cancelled"))
+                self._cancelled.clear()
+            step = self.scheduler.schedule()
+            for rid in step["expired"]:
+                live = self._live.pop(rid, None)
+                if live is not None:
+                    live.out.put(DeadlineExceededError(f"model '{self.name}': the request's deadline passed "
+                                                       "before it was scheduled"))
+            if len(step["ids"]) == 0:
+                self.scheduler.complete([], [])
+                continue
+            try:
+                with torch.inference_mode():
+                    logits = self.model.forward(StepInput(
+                        step["tokens"], step["positions"], step["slots"], step["starts"], step["counts"],
+                        step["block_tables"], step["sample"]), self.kv, self.block_size)
+                    sampled_ids = [int(i) for i, s in zip(step["ids"], step["sample"]) if s]
+                    choices = [self._sample(self._live[i], logits[k]) for k, i in enumerate(sampled_ids)]
+            except Exception as e:  # the model failed: every request of the step fails with it
+                failed = [int(i) for i in step["ids"]]
+                self.scheduler.complete([0] * int(step["sample"].sum()), failed)
+                for rid in failed:
+                    live = self._live.pop(rid, None)
+                    if live is not None:
+                        live.out.put(e)
+                continue
+            finished = []
+            for rid, (token, logprob) in zip(sampled_ids, choices):
+                live = self._live[rid]
+                live.tokens.append(token)
+                live.logprobs.append(logprob)
+                reason = self._stop_reason(live, token)
+                if reason is not None:
+                    finished.append(rid)
+                    self._finish(live, reason, [token], [logprob])
+                else:
+                    live.out.put(self._delta(live, [token], [logprob], None))
+            self.scheduler.complete([t for t, _ in choices], finished)
+
+    def _stop_reason(self, live: _Live, token: int) -> str | None:
+        p = live.params
+        n = len(live.tokens)
+        if n >= p.min_tokens:
+            if token in p.stop_token_ids or (not p.ignore_eos and token == self.eos):
+                return "stop"
+            if p.stop and self.tokenizer is not None:
+                text = self.tokenizer.decode(live.tokens)
+                found = [i for i in (text.find(s) for s in p.stop) if i >= 0]
+                if found:
+                    live.stopped_at = min(found)
+                    return "stop"
+        return "length" if n >= p.max_tokens else None
+
+    def _sample(self, live: _Live, logits: Any) -> tuple[int, float]:
+        torch = _torch()
+        p = live.params
+        logprobs = torch.log_softmax(logits.double(), dim=-1)
+        if p.temperature == 0:
+            token = int(torch.argmax(logits))
+            return token, float(logprobs[token])
+        scores = logits.double() / p.temperature
+        if p.top_k:
+            kth = torch.topk(scores, min(p.top_k, scores.shape[0])).values[-1]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        if p.top_p < 1:
+            probs_sorted, order = torch.sort(torch.softmax(scores, -1), descending=True)
+            drop = probs_sorted.cumsum(-1) - probs_sorted > p.top_p  # keep the smallest set reaching top_p
+            scores[order[drop]] = float("-inf")
+        probs = torch.softmax(scores, -1)
+        generator = None
+        if p.seed is not None:  # one stream per token index: independent of batching and preemption
+            generator = torch.Generator().manual_seed((p.seed * 1_000_003 + len(live.tokens)) % (1 << 63))
+        token = int(torch.multinomial(probs, 1, generator=generator))
+        return token, float(logprobs[token])
