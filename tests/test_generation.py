@@ -325,3 +325,59 @@ def test_bad_sampling_parameters_name_the_parameter(checkpoint):
             engine.generate([3] * 60, SamplingParams(max_tokens=10))
         with pytest.raises(Exception, match="prompt token 500 is outside the vocabulary"):
             engine.generate([500], SamplingParams())
+
+
+# --- through the repository: backend gpt2, the generation key, Runtime.generate/stream ----------
+
+def make_repository(root, checkpoint_folder, generation="{max_num_seqs: 4, dtype: float64}", tokenizer=True):
+    import shutil
+
+    version = root / "tiny" / "1"
+    version.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(checkpoint_folder / name, version / name)
+    if tokenizer:  # a word-level tokenizer over the model's vocabulary: token i is the word "wi"
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+        tok = Tokenizer(models.WordLevel({f"w{i}": i for i in range(VOCAB)}, unk_token="w0"))
+        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+        tok.save(str(version / "tokenizer.json"))
+    (root / "tiny" / "config.yaml").write_text(f"generation: {generation}\n")
+    return root
+
+
+def test_runtime_generates_and_streams_text_with_stop_strings(tmp_path, checkpoint):
+    import modelserve
+
+    folder, reference = checkpoint
+    make_repository(tmp_path, folder)
+    prompt = prompts(10, 1)[0]
+    expected = greedy_reference(reference, prompt, 12)
+    text = " ".join(f"w{t}" for t in prompt)
+    with modelserve.Runtime(tmp_path) as rt:
+        assert rt.model_versions("tiny")["versions"][1]["backend"] == "gpt2"
+        out = rt.generate("tiny", text, SamplingParams(max_tokens=12, ignore_eos=True))
+        assert out.token_ids == expected and out.prompt_ids == prompt
+        assert out.text == " ".join(f"w{t}" for t in expected)
+        # A stop string spanning two tokens is cut from the text, and ends the request.
+        stop = f"w{expected[4]} w{expected[5]}"
+        out = rt.generate("tiny", text, SamplingParams(max_tokens=12, ignore_eos=True, stop=[stop]))
+        full = " ".join(f"w{t}" for t in expected)
+        assert out.finish_reason == "stop" and out.text == full[: full.find(stop)]
+        # Streaming gives the same tokens, one delta per iteration, the stop string held back.
+        deltas = list(rt.stream("tiny", text, SamplingParams(max_tokens=12, ignore_eos=True, stop=[stop])))
+        assert deltas[-1].finish_reason == "stop"
+        assert "".join(d.text for d in deltas) == full[: full.find(stop)]
+        assert sum(len(d.token_ids) for d in deltas) == len(out.token_ids)
+        with pytest.raises(modelserve.InvalidArgumentError, match="is generative"):
+            rt.infer("tiny", {"x": np.ones(1, np.float32)})
+
+
+def test_generation_config_is_validated(tmp_path, checkpoint):
+    from modelserve.config import ModelConfig
+
+    with pytest.raises(Exception, match="give num_blocks or kv_cache_bytes, not both"):
+        ModelConfig.model_validate({"generation": {"num_blocks": 4, "kv_cache_bytes": 1024}})
+    with pytest.raises(Exception, match="block_size"):
+        ModelConfig.model_validate({"generation": {"block_size": 0}})

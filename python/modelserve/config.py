@@ -149,6 +149,26 @@ class InstancesConfig(_Strict):
         return self
 
 
+class GenerationConfig(_Strict):
+    """A generative model's engine (``backend: gpt2``): KV cache and continuous batching
+    (Note [Generation scheduling] in csrc/gen/scheduler.h)."""
+
+    block_size: int = Field(default=16, ge=1, le=1024)
+    num_blocks: int | None = Field(default=None, ge=1)        # default: every seat at max_model_len
+    kv_cache_bytes: int | None = Field(default=None, ge=1)    # or a byte budget for the cache
+    max_num_seqs: int = Field(default=64, ge=1)
+    max_num_batched_tokens: int = Field(default=2048, ge=1)
+    max_model_len: int | None = Field(default=None, ge=2)     # default: the model's n_positions
+    prefix_caching: bool = True
+    dtype: Literal["float32", "float64"] = "float32"
+
+    @model_validator(mode="after")
+    def _one_size(self) -> "GenerationConfig":
+        if self.num_blocks is not None and self.kv_cache_bytes is not None:
+            raise ValueError("give num_blocks or kv_cache_bytes, not both")
+        return self
+
+
 class VersionPolicy(_Strict):
     """Exactly one of ``latest: N`` (the N highest versions), ``all: true``, ``specific: [..]``."""
 
@@ -229,6 +249,7 @@ class ModelConfig(_Strict):
     outputs: list[TensorConfig] = Field(default_factory=list)
     dynamic_batching: DynamicBatchingConfig | None = None
     instances: InstancesConfig = Field(default_factory=InstancesConfig)
+    generation: GenerationConfig | None = None  # backend: gpt2 (the defaults when absent)
     version_policy: VersionPolicy = Field(default_factory=lambda: VersionPolicy(latest=1))
     labels: dict[str, typing.Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
     keep_previous_versions: int = Field(default=1, ge=0)

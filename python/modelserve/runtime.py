@@ -18,7 +18,7 @@ A request that names a version (number or label) bypasses the split.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -27,7 +27,7 @@ import numpy as np
 from . import settings as _settings
 from .admission import with_retry_hint
 from .autoscale import AutoscaleController
-from .errors import ModelserveError, NotFoundError, ResourceExhaustedError, from_status
+from .errors import InvalidArgumentError, ModelserveError, NotFoundError, ResourceExhaustedError, from_status
 from .memory_budget import MemoryBudget
 from .repository import ModelRepository
 from .repository.repository import ControlMode
@@ -174,6 +174,49 @@ class Runtime:
             routing=routing,
         )
 
+    def generate(
+        self,
+        model: str,
+        prompt: str | Sequence[int],
+        params: Any = None,
+        *,
+        version: Version = None,
+        priority: int = 0,
+        timeout_s: float | None = None,
+    ) -> Any:
+        """Generates from a generative model (``backend: gpt2``): ``prompt`` is text (with the model's
+        tokenizer.json) or token ids, ``params`` a :class:`modelserve.generation.SamplingParams`.
+        Returns a :class:`modelserve.generation.Completion`; the request joins the running batch at
+        the next iteration (Note [Generation scheduling] in csrc/gen/scheduler.h)."""
+        return self._generation(model, prompt, params, version, priority, timeout_s).result()
+
+    def stream(
+        self,
+        model: str,
+        prompt: str | Sequence[int],
+        params: Any = None,
+        *,
+        version: Version = None,
+        priority: int = 0,
+        timeout_s: float | None = None,
+    ) -> Iterator[Any]:
+        """Like :meth:`generate`, one :class:`modelserve.generation.Delta` per iteration. Closing
+        the iterator early (``break``, ``close()``) cancels the request and frees its KV blocks
+        within one iteration."""
+        request = self._generation(model, prompt, params, version, priority, timeout_s)
+        try:
+            yield from request
+        finally:
+            if request._finished is None:
+                request.cancel()
+
+    def _generation(self, model: str, prompt: Any, params: Any, version: Version, priority: int,
+                    timeout_s: float | None) -> Any:
+        with self.repository.get(model).route(version) as mv:
+            if mv.generator is None:
+                raise InvalidArgumentError(f"{mv.label} is not generative (backend '{mv.backend_name}'): use infer()")
+            return mv.generator.submit(prompt, params, priority=priority, timeout_s=timeout_s)
+
     def _enqueue(
         self,
         how: str,
@@ -191,6 +234,8 @@ class Runtime:
         endpoint = self.traffic.active.get(model) if version is None else None
         if endpoint is None:
             with self.repository.get(model).route(version) as mv:
+                if mv.engine is None:
+                    raise InvalidArgumentError(f"{mv.label} is generative (backend '{mv.backend_name}'): use generate()")
                 return _submit(mv, getattr(mv.engine, how), inputs, outputs=outputs, priority=priority,
                                timeout_us=timeout_us)
         routed = endpoint.route(routing)

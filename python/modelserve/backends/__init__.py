@@ -1,8 +1,9 @@
-"""Backends, registered by name: ``python`` (always), ``onnx`` (``modelserve[onnx]``) and
-``torch`` (``modelserve[torch]``). See :mod:`modelserve.backends.base` for the interface."""
+"""Backends, registered by name: ``python`` (always), ``onnx`` (``modelserve[onnx]``),
+``torch`` (``modelserve[torch]``) and the generative ``gpt2`` (``modelserve[generate]``). See :mod:`modelserve.backends.base` for the interface."""
 
 from .base import Backend, BackendContext, MissingExtraError, get, infer_backend, register, registered
 from . import python as _python  # noqa: F401  (registers "python")
+from . import gpt2 as _gpt2  # noqa: F401  (registers "gpt2"; torch is imported when a model loads)
 
 __all__ = ["Backend", "BackendContext", "MissingExtraError", "get", "infer_backend", "register", "registered"]
 

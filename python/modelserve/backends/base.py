@@ -71,6 +71,7 @@ class Backend(ABC):
 
     name: ClassVar[str]
     model_file: ClassVar[str]  # the file in the version folder that selects this backend
+    generative: ClassVar[bool] = False  # served by a GenerationEngine (backends/gpt2.py), not execute()
 
     def __init__(self, context: BackendContext) -> None:
         self.context = context

@@ -199,6 +199,7 @@ class GenerationEngine:
         self._lock = threading.Condition()
         self._cancelled: set[int] = set()
         self._closed = False
+        self._accepting = True
         self._thread = threading.Thread(target=self._loop, name=f"modelserve-generate-{name}", daemon=True)
         self._thread.start()
 
@@ -214,7 +215,7 @@ class GenerationEngine:
                 f"generation.max_model_len {self.max_model_len}")
         live = _Live(next(self._ids), ids, params)
         with self._lock:
-            if self._closed:
+            if not self._accepting:
                 raise UnavailableError(f"model '{self.name}': the generation engine is closed")
             self._live[live.id] = live
             self.scheduler.add(live.id, np.asarray(ids, np.int32), priority=priority, timeout_s=timeout_s)
@@ -235,8 +236,13 @@ class GenerationEngine:
     def stats(self) -> dict[str, Any]:
         return self.scheduler.stats()
 
-    def close(self) -> None:
+    def close(self, drain: bool = False, timeout_s: float = 30.0) -> None:
+        """Stops taking requests; with ``drain`` lets those admitted finish (up to ``timeout_s``),
+        then stops the loop. Requests still running then fail with UNAVAILABLE."""
         with self._lock:
+            self._accepting = False
+            if drain:
+                self._lock.wait_for(lambda: not self._live, timeout=timeout_s)
             self._closed = True
             self._lock.notify_all()
         self._thread.join(30)
@@ -277,8 +283,14 @@ class GenerationEngine:
                 self._cancelled.add(live.id)
                 self._lock.notify_all()
 
+    def _drop(self, rid: int) -> _Live | None:
+        with self._lock:
+            live = self._live.pop(rid, None)
+            self._lock.notify_all()  # a draining close() waits for _live to empty
+        return live
+
     def _finish(self, live: _Live, reason: str, new: list[int], logprobs: list[float]) -> None:
-        self._live.pop(live.id, None)
+        self._drop(live.id)
         live.out.put(self._delta(live, new, logprobs, reason))
 
     def _delta(self, live: _Live, new: list[int], logprobs: list[float], reason: str | None) -> Delta:
@@ -301,12 +313,13 @@ class GenerationEngine:
                     return
                 for rid in self._cancelled:
                     live = self._live.pop(rid, None)
+                    self._lock.notify_all()
                     if live is not None and self.scheduler.abort(rid):
                         live.out.put(Delta([], "", None, "cancelled"))
                 self._cancelled.clear()
             step = self.scheduler.schedule()
             for rid in step["expired"]:
-                live = self._live.pop(rid, None)
+                live = self._drop(rid)
                 if live is not None:
                     live.out.put(DeadlineExceededError(f"model '{self.name}': the request's deadline passed "
                                                        "before it was scheduled"))
@@ -324,7 +337,7 @@ class GenerationEngine:
                 failed = [int(i) for i in step["ids"]]
                 self.scheduler.complete([0] * int(step["sample"].sum()), failed)
                 for rid in failed:
-                    live = self._live.pop(rid, None)
+                    live = self._drop(rid)
                     if live is not None:
                         live.out.put(e)
                 continue

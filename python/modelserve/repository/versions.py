@@ -152,6 +152,7 @@ class ModelVersion:
         self.outputs: list[TensorConfig] = list(config.outputs)
         self.engine: ModelEngine | None = None
         self.workers: Any = None  # the core's ProcessInstances with instances.isolation: process
+        self.generator: Any = None  # a generative backend's GenerationEngine (then no engine)
         self.phases: dict[str, float] = {}
         self.history: list[Transition] = [Transition(S.LOADING, time.time(), "")]
         self._backends: list[Backend] = []  # guarded by _lock: the live instances' backends
@@ -216,8 +217,10 @@ class ModelVersion:
         try:
             t0 = time.monotonic()
             backend = get_backend(self.backend_name)
-            self.inputs, self.outputs = resolve_io(self.name, self.path, self.config, backend)
             cfg = self.config
+            if backend.generative:
+                return self._load_generative(t0)
+            self.inputs, self.outputs = resolve_io(self.name, self.path, self.config, backend)
             device = cfg.instances.device
             isolated = cfg.instances.isolation == "process"
             if isolated and self.backend_name != "python":
@@ -265,6 +268,26 @@ class ModelVersion:
             self._release(drain=False)
             self._move(S.FAILED, reason)
             raise
+
+    def _load_generative(self, t0: float) -> "ModelVersion":
+        """LOADING -> WARMING -> READY for a generative backend: its GenerationEngine (weights, KV
+        cache, scheduler thread) instead of a ModelEngine; there is no warmup."""
+        from ..config import GenerationConfig
+        from ..generation import GenerationEngine
+
+        settings = (self.config.generation or GenerationConfig()).model_dump()
+        weights = folder_bytes(self.path)
+        self.memory = {"weights_bytes": weights, "per_instance_bytes": weights}
+        if self.budget is not None:
+            self.budget.reserve(self, self.device, weights, f"{self.label} (estimated from its files)")
+        rss0 = rss_bytes()
+        self.generator = GenerationEngine(self.path, name=self.name, **settings)
+        self.phases["load_s"] = time.monotonic() - t0
+        self._move(S.WARMING)
+        self.instances = 1
+        self._measure(rss_bytes() - rss0)
+        self._move(S.READY)
+        return self
 
     def workers_memory(self) -> int:
         """The summed proportional set size of this version's worker processes (0 for thread
@@ -388,6 +411,8 @@ class ModelVersion:
         self._move(S.UNLOADED)
 
     def _release(self, drain: bool) -> None:
+        if self.generator is not None:  # a drain lets running generations finish
+            self.generator.close(drain=drain)
         if self.engine is not None:
             with self._scale_lock:  # no scaling after this
                 # Scaled to zero (or evicted) with requests waiting for a cold start, the engine
