@@ -20,6 +20,7 @@ import itertools
 import math
 import queue
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,7 @@ class Delta:
     text: str
     logprobs: list[float] | None = None
     finish_reason: str | None = None  # set on the last delta: stop, length, cancelled
+    at: float = 0.0                   # time.perf_counter() when the engine produced it
 
 
 @dataclass
@@ -102,6 +104,7 @@ class _Live:
     out: "queue.Queue[Any]" = field(default_factory=queue.Queue)
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    done: threading.Event = field(default_factory=threading.Event)  # its last item is in `out`
     text_sent: int = 0     # characters of the decoded text already streamed
     stopped_at: int | None = None  # where a stop string begins in the text
 
@@ -130,7 +133,13 @@ class GenerationRequest:
         if self._error is not None:
             raise self._error
 
+    @property
+    def deltas(self) -> list[Delta]:
+        """The deltas received so far (all of them after ``result()``)."""
+        return list(self._deltas)
+
     def result(self) -> Completion:
+        self._live.done.wait()  # no wake-up per token: the deltas are all queued by now
         for _ in self:
             pass
         live = self._live
@@ -248,6 +257,7 @@ class GenerationEngine:
         self._thread.join(30)
         for live in list(self._live.values()):
             live.out.put(UnavailableError(f"model '{self.name}': the generation engine closed"))
+            live.done.set()
         self._live.clear()
 
     def __enter__(self) -> "GenerationEngine":
@@ -292,6 +302,7 @@ class GenerationEngine:
     def _finish(self, live: _Live, reason: str, new: list[int], logprobs: list[float]) -> None:
         self._drop(live.id)
         live.out.put(self._delta(live, new, logprobs, reason))
+        live.done.set()
 
     def _delta(self, live: _Live, new: list[int], logprobs: list[float], reason: str | None) -> Delta:
         text = ""
@@ -301,7 +312,7 @@ class GenerationEngine:
             hold = 0 if reason is not None else max((len(s) - 1 for s in live.params.stop), default=0)
             upto = max(live.text_sent, len(full) - hold)
             text, live.text_sent = full[live.text_sent:upto], upto
-        return Delta(new, text, logprobs if live.params.logprobs else None, reason)
+        return Delta(new, text, logprobs if live.params.logprobs else None, reason, time.perf_counter())
 
     def _loop(self) -> None:
         torch = _torch()
@@ -315,7 +326,8 @@ class GenerationEngine:
                     live = self._live.pop(rid, None)
                     self._lock.notify_all()
                     if live is not None and self.scheduler.abort(rid):
-                        live.out.put(Delta([], "", None, "cancelled"))
+                        live.out.put(Delta([], "", None, "cancelled", time.perf_counter()))
+                        live.done.set()
                 self._cancelled.clear()
             step = self.scheduler.schedule()
             for rid in step["expired"]:
@@ -323,6 +335,7 @@ class GenerationEngine:
                 if live is not None:
                     live.out.put(DeadlineExceededError(f"model '{self.name}': the request's deadline passed "
                                                        "before it was scheduled"))
+                    live.done.set()
             if len(step["ids"]) == 0:
                 self.scheduler.complete([], [])
                 continue
@@ -332,7 +345,7 @@ class GenerationEngine:
                         step["tokens"], step["positions"], step["slots"], step["starts"], step["counts"],
                         step["block_tables"], step["sample"]), self.kv, self.block_size)
                     sampled_ids = [int(i) for i, s in zip(step["ids"], step["sample"]) if s]
-                    choices = [self._sample(self._live[i], logits[k]) for k, i in enumerate(sampled_ids)]
+                    choices = self._sample_all([self._live[i] for i in sampled_ids], logits)
             except Exception as e:  # the model failed: every request of the step fails with it
                 failed = [int(i) for i in step["ids"]]
                 self.scheduler.complete([0] * int(step["sample"].sum()), failed)
@@ -340,6 +353,7 @@ class GenerationEngine:
                     live = self._drop(rid)
                     if live is not None:
                         live.out.put(e)
+                        live.done.set()
                 continue
             finished = []
             for rid, (token, logprob) in zip(sampled_ids, choices):
@@ -368,13 +382,23 @@ class GenerationEngine:
                     return "stop"
         return "length" if n >= p.max_tokens else None
 
-    def _sample(self, live: _Live, logits: Any) -> tuple[int, float]:
+    def _sample_all(self, lives: list[_Live], logits: Any) -> list[tuple[int, float]]:
+        """The next token of each sequence, with its log-probability under the model: greedy rows
+        in one argmax, the others one by one (their own temperature, top-k, top-p and seed)."""
+        if not lives:
+            return []
+        torch = _torch()
+        tokens = logits.argmax(-1).tolist()
+        for k, live in enumerate(lives):
+            if live.params.temperature > 0:
+                tokens[k] = self._sample(live, logits[k])
+        logprobs = torch.log_softmax(logits.double(), -1)
+        chosen = logprobs[torch.arange(len(lives)), torch.tensor(tokens)].tolist()
+        return list(zip(tokens, chosen))
+
+    def _sample(self, live: _Live, logits: Any) -> int:
         torch = _torch()
         p = live.params
-        logprobs = torch.log_softmax(logits.double(), dim=-1)
-        if p.temperature == 0:
-            token = int(torch.argmax(logits))
-            return token, float(logprobs[token])
         scores = logits.double() / p.temperature
         if p.top_k:
             kth = torch.topk(scores, min(p.top_k, scores.shape[0])).values[-1]
@@ -387,5 +411,4 @@ class GenerationEngine:
         generator = None
         if p.seed is not None:  # one stream per token index: independent of batching and preemption
             generator = torch.Generator().manual_seed((p.seed * 1_000_003 + len(live.tokens)) % (1 << 63))
-        token = int(torch.multinomial(probs, 1, generator=generator))
-        return token, float(logprobs[token])
+        return int(torch.multinomial(probs, 1, generator=generator))

@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import InvalidArgumentError
 from ..backends.base import MissingExtraError
 
-__all__ = ["GPT2", "GPT2Config", "StepInput"]
+__all__ = ["GPT2", "GPT2Config", "StepInput", "write_random_checkpoint"]
 
 
 def _torch() -> Any:
@@ -128,20 +128,34 @@ class GPT2:
         positions = torch.from_numpy(step.positions).to(dev)
         slots = torch.from_numpy(step.slots).to(dev)
         n = tokens.shape[0]
-        # Per sequence: where its queries are in the step, and the KV slots of its context.
-        spans, context_slots, masks = [], [], []
-        offset = 0
-        for i in range(len(step.starts)):
+        # Sequences computing one token (decoding) attend together: their contexts' slots padded
+        # into one [decodes, longest context] index, the padding masked. A prefill chunk attends on
+        # its own (its queries are many already).
+        offsets = np.concatenate([[0], np.cumsum(step.counts)])
+        decode = [i for i in range(len(step.starts)) if step.counts[i] == 1]
+        prefill = [i for i in range(len(step.starts)) if step.counts[i] != 1]
+        arange = torch.arange(block_size, device=dev)
+        tables = torch.from_numpy(step.block_tables).to(dev)
+
+        def context_slots(rows: list[int]) -> Any:  # [len(rows), blocks * block_size]
+            return (tables[rows][:, :, None].clamp(min=0) * block_size + arange).reshape(len(rows), -1)
+
+        if decode:
+            d_rows = torch.tensor([int(offsets[i]) for i in decode], device=dev)
+            d_len = torch.from_numpy((step.starts[decode] + 1).astype(np.int64)).to(dev)
+            # Whole blocks are gathered (one copy of block_size slots each), not slot by slot.
+            d_blocks = (int(d_len.max()) + block_size - 1) // block_size
+            d_tables = tables[decode][:, :d_blocks].clamp(min=0).reshape(-1)
+            d_width = d_blocks * block_size
+            d_mask = torch.arange(d_width, device=dev)[None, :] >= d_len[:, None]  # [D, width]: padding
+            n_blocks_total = kv.shape[2] // block_size
+        spans = []
+        for i in prefill:
             start, count = int(step.starts[i]), int(step.counts[i])
             context = start + count
-            table = torch.from_numpy(step.block_tables[i][: (context + block_size - 1) // block_size]).to(dev)
-            ctx = (table[:, None] * block_size + torch.arange(block_size, device=dev)[None, :]).reshape(-1)[:context]
-            q_pos = torch.arange(start, context, device=dev)[:, None]
-            k_pos = torch.arange(context, device=dev)[None, :]
-            spans.append((offset, offset + count))
-            context_slots.append(ctx)
-            masks.append(k_pos > q_pos)  # [count, context]: True where a key lies in the future
-            offset += count
+            ctx = context_slots([i])[0, :context]
+            future = torch.arange(context, device=dev)[None, :] > torch.arange(start, context, device=dev)[:, None]
+            spans.append((int(offsets[i]), int(offsets[i]) + count, ctx, future))
         scale = 1.0 / math.sqrt(self.head_dim)
         x = self.wte[tokens] + self.wpe[positions]
         for li, L in enumerate(self.layers):
@@ -152,18 +166,60 @@ class GPT2:
             kv[li, 0, slots] = k.view(n, c.n_head, self.head_dim)
             kv[li, 1, slots] = v.view(n, c.n_head, self.head_dim)
             out = torch.empty_like(q)
-            for (a, b), ctx, mask in zip(spans, context_slots, masks):
-                keys, values = kv[li, 0, ctx], kv[li, 1, ctx]                 # [context, H, D]
-                scores = torch.einsum("qhd,khd->hqk", q[a:b], keys) * scale  # [H, count, context]
-                scores = scores.masked_fill(mask[None], float("-inf"))
-                out[a:b] = torch.einsum("hqk,khd->qhd", scores.softmax(-1), values)
+            if decode:
+                by_block = kv[li].view(2, n_blocks_total, block_size, c.n_head, self.head_dim)
+                keys = by_block[0].index_select(0, d_tables).view(len(decode), d_width, c.n_head, self.head_dim)
+                values = by_block[1].index_select(0, d_tables).view(len(decode), d_width, c.n_head, self.head_dim)
+                out[d_rows] = F.scaled_dot_product_attention(  # [D, H, 1, hd]; attn_mask True = attend
+                    q[d_rows].unsqueeze(2), keys.transpose(1, 2), values.transpose(1, 2),
+                    attn_mask=~d_mask[:, None, None, :], scale=scale).squeeze(2)
+            for a, b, ctx, future in spans:
+                keys, values = kv[li, 0, ctx], kv[li, 1, ctx]                 # [context, H, hd]
+                out[a:b] = F.scaled_dot_product_attention(                    # [H, count, hd]
+                    q[a:b].transpose(0, 1), keys.transpose(0, 1), values.transpose(0, 1),
+                    attn_mask=~future[None], scale=scale).transpose(0, 1)
             x = x + out.reshape(n, c.n_embd) @ L["attn.c_proj.weight"] + L["attn.c_proj.bias"]
             h = F.layer_norm(x, (c.n_embd,), L["ln_2.weight"], L["ln_2.bias"], c.layer_norm_epsilon)
             h = F.gelu(h @ L["mlp.c_fc.weight"] + L["mlp.c_fc.bias"], approximate="tanh")
             x = x + h @ L["mlp.c_proj.weight"] + L["mlp.c_proj.bias"]
-        last = [b - 1 for (a, b), s in zip(spans, step.sample) if s]
+        last = [int(offsets[i + 1]) - 1 for i in range(len(step.starts)) if step.sample[i]]
         if not last:
             return torch.empty((0, c.vocab_size), dtype=self.dtype, device=dev)
         rows = x[torch.tensor(last, device=dev)]
         rows = F.layer_norm(rows, (c.n_embd,), self.ln_f[0], self.ln_f[1], c.layer_norm_epsilon)
         return rows @ self.wte.T
+
+
+def write_random_checkpoint(folder: str | Path, *, vocab_size: int = 512, n_positions: int = 512, n_embd: int = 128,
+                            n_layer: int = 4, n_head: int = 4, seed: int = 0) -> Path:
+    """Writes a randomly initialised GPT-2 checkpoint (``config.json`` + ``model.safetensors``, the
+    layout and tensor names Hugging Face uses) to ``folder``: a model to try the engine and measure
+    it with, no download needed."""
+    torch = _torch()
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+
+    def normal(*shape: int, std: float = 0.02) -> Any:
+        return torch.randn(*shape, generator=g) * std
+
+    e = n_embd
+    tensors = {"wte.weight": normal(vocab_size, e), "wpe.weight": normal(n_positions, e, std=0.01),
+               "ln_f.weight": torch.ones(e), "ln_f.bias": torch.zeros(e)}
+    for i in range(n_layer):
+        p = f"h.{i}."
+        tensors.update({
+            p + "ln_1.weight": torch.ones(e), p + "ln_1.bias": torch.zeros(e),
+            p + "attn.c_attn.weight": normal(e, 3 * e), p + "attn.c_attn.bias": torch.zeros(3 * e),
+            p + "attn.c_proj.weight": normal(e, e), p + "attn.c_proj.bias": torch.zeros(e),
+            p + "ln_2.weight": torch.ones(e), p + "ln_2.bias": torch.zeros(e),
+            p + "mlp.c_fc.weight": normal(e, 4 * e), p + "mlp.c_fc.bias": torch.zeros(4 * e),
+            p + "mlp.c_proj.weight": normal(4 * e, e), p + "mlp.c_proj.bias": torch.zeros(e),
+        })
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "gpt2", "vocab_size": vocab_size, "n_positions": n_positions, "n_embd": n_embd,
+        "n_layer": n_layer, "n_head": n_head, "layer_norm_epsilon": 1e-5, "eos_token_id": vocab_size - 1}))
+    return folder
