@@ -381,3 +381,14 @@ def test_generation_config_is_validated(tmp_path, checkpoint):
         ModelConfig.model_validate({"generation": {"num_blocks": 4, "kv_cache_bytes": 1024}})
     with pytest.raises(Exception, match="block_size"):
         ModelConfig.model_validate({"generation": {"block_size": 0}})
+
+
+@pytest.mark.gpu
+def test_the_engine_on_a_gpu_gives_the_cpu_tokens(checkpoint):
+    folder, _ = checkpoint
+    items = [(p, 10) for p in prompts(11, 4)]
+    with GenerationEngine(folder, dtype="float64") as cpu:
+        expected = run_all(cpu, items)
+    with GenerationEngine(folder, dtype="float64", device="cuda:0") as gpu:
+        assert gpu.kv.device.type == "cuda"
+        assert run_all(gpu, items) == expected

@@ -13,9 +13,10 @@ A small GPT-2-architecture model (4 layers, 128 wide, 512 tokens of vocabulary, 
   request joins a running batch); its KV cache is the paged one, so this measures scheduling only;
 - ``one at a time``: one request, then the next.
 
-Figures: generated tokens/s, time to first token and inter-token latency (p50/p99), and the KV
-memory held per token stored (blocks in use x block_size / tokens of running sequences, sampled
-every iteration of the continuous run). Targets: continuous >= 1.5x static and >= 5x one at a
+The three closed-loop cases alternate ``ROUNDS`` times in a seeded order; tokens/s is the median
+over rounds, latencies pool every round. Figures: generated tokens/s, time to first token and inter-token latency (p50/p99), and the KV
+memory held per token stored (blocks in use x block_size over the tokens of running sequences,
+sampled every 5 ms of the continuous run and summed over the samples). Targets: continuous >= 1.5x static and >= 5x one at a
 time; KV held <= 1.2x the tokens stored.
 
 Prefix caching: 32 requests sharing a 200-token prefix (plus 16 tokens of their own, 16 generated),
@@ -25,6 +26,7 @@ Targets: >= 3x fewer prefill tokens, TTFT p50 >= 2x lower.
 
 from __future__ import annotations
 
+import random
 import statistics
 import threading
 import time
@@ -39,6 +41,7 @@ from modelserve.generation import GenerationEngine, SamplingParams  # noqa: E402
 from modelserve.generation.gpt2 import write_random_checkpoint  # noqa: E402
 
 VOCAB = 512
+ROUNDS = 3
 
 
 @pytest.fixture(scope="module")
@@ -121,28 +124,63 @@ def record(table, name, seconds, timing) -> float:
     return rate
 
 
+def merge(timings: list[Timing]) -> Timing:
+    out = Timing()
+    for t in timings:
+        out.ttft += t.ttft
+        out.itl += t.itl
+        out.tokens += t.tokens
+    return out
+
+
 def test_continuous_against_static_and_sequential(checkpoint, bench_seed, table):
     items = workload(bench_seed)
-    with GenerationEngine(checkpoint, max_num_seqs=32, max_num_batched_tokens=2048) as engine:
-        engine.generate(items[0][0], SamplingParams(max_tokens=4, ignore_eos=True))  # warm
-        held, stop = [], threading.Event()
+    engines = {"continuous": GenerationEngine(checkpoint, max_num_seqs=32, max_num_batched_tokens=2048),
+               "static": GenerationEngine(checkpoint, max_num_seqs=16, prefix_caching=False),
+               "sequential": GenerationEngine(checkpoint, max_num_seqs=1)}
+    held, stop = [], threading.Event()
 
-        def sample_memory() -> None:
-            while not stop.is_set():
-                s = engine.stats()
-                if s["tokens_stored"]:
-                    held.append(s["blocks"]["in_use"] * engine.block_size / s["tokens_stored"])
-                time.sleep(0.005)
+    def sample_memory() -> None:
+        engine = engines["continuous"]
+        while not stop.is_set():
+            s = engine.stats()
+            if s["tokens_stored"]:
+                held.append((s["blocks"]["in_use"] * engine.block_size, s["tokens_stored"]))
+            time.sleep(0.005)
 
-        sampler = threading.Thread(target=sample_memory)
-        sampler.start()
-        seconds, timing = closed_loop(engine, items, 32)
-        stop.set()
-        sampler.join()
-        continuous = record(table, "continuous, 32 callers", seconds, timing)
-        # Poisson arrivals at the rate that kept ~32 in flight.
-        mean_request = seconds * 32 / len(items)
-        rate = 32 / mean_request
+    def run_case(case: str) -> tuple[float, Timing]:
+        engine = engines[case]
+        if case == "continuous":
+            sampler = threading.Thread(target=sample_memory)
+            sampler.start()
+            try:
+                return closed_loop(engine, items, 32)
+            finally:
+                stop.set()
+                sampler.join()
+                stop.clear()
+        if case == "static":  # groups of 16, each submitted when the last has finished
+            parts = [closed_loop(engine, items[g : g + 16], 16) for g in range(0, len(items), 16)]
+            return sum(p[0] for p in parts), merge([p[1] for p in parts])
+        return closed_loop(engine, items[:16], 1)  # a quarter of the requests: the rate is per token
+
+    try:
+        for engine in engines.values():
+            engine.generate(items[0][0], SamplingParams(max_tokens=4, ignore_eos=True))  # warm
+        runs: dict[str, list[tuple[float, Timing]]] = {c: [] for c in engines}
+        order = random.Random(bench_seed)
+        for _ in range(ROUNDS):
+            for case in order.sample(list(engines), len(engines)):
+                runs[case].append(run_case(case))
+        rates = {c: statistics.median(t.tokens / s for s, t in r) for c, r in runs.items()}
+        names = {"continuous": "continuous, 32 callers", "static": "static x16 (groups run to completion)",
+                 "sequential": "one at a time (16 of the 64)"}
+        for case, name in names.items():
+            record(table, name, sum(s for s, _ in runs[case]), merge([t for _, t in runs[case]]))
+            table.row(name)["tokens/s"] = rates[case]
+        # Poisson arrivals at the rate that kept ~32 in flight in the closed loop.
+        seconds = statistics.median(s for s, _ in runs["continuous"])
+        rate = 32 / (seconds * 32 / len(items))
         rng = np.random.default_rng(bench_seed + 1)
         arrivals = np.cumsum(rng.exponential(1 / rate, len(items)))
         poisson, threads = Timing(), []
@@ -151,35 +189,28 @@ def test_continuous_against_static_and_sequential(checkpoint, bench_seed, table)
             delay = t0 + at - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-            t = threading.Thread(target=poisson.run, args=(engine, *item, time.perf_counter()))
+            t = threading.Thread(target=poisson.run, args=(engines["continuous"], *item, time.perf_counter()))
             t.start()
             threads.append(t)
         for t in threads:
             t.join()
         record(table, f"continuous, Poisson {rate:.1f}/s", time.perf_counter() - t0, poisson)
-    with GenerationEngine(checkpoint, max_num_seqs=16, prefix_caching=False) as engine:
-        total, timing_s = 0.0, Timing()
-        for g in range(0, len(items), 16):
-            seconds_g, timing_g = closed_loop(engine, items[g : g + 16], 16)
-            total += seconds_g
-            timing_s.ttft += timing_g.ttft
-            timing_s.itl += timing_g.itl
-            timing_s.tokens += timing_g.tokens
-        static = record(table, "static x16 (groups run to completion)", total, timing_s)
-    with GenerationEngine(checkpoint, max_num_seqs=1) as engine:
-        subset = items[:16]  # a quarter of the requests: the rate is per token
-        seconds, timing = closed_loop(engine, subset, 1)
-        sequential = record(table, "one at a time (16 of the 64)", seconds, timing)
-    r = table.row("continuous, 32 callers")
-    r.update({"ratio": continuous / static, "target": ">= 1.5x static",
-              "met": "yes" if continuous / static >= 1.5 else "NOT met"})
+    finally:
+        for engine in engines.values():
+            engine.close()
+    r = table.row(names["continuous"])
+    vs_static = rates["continuous"] / rates["static"]
+    r.update({"ratio": vs_static, "target": ">= 1.5x static", "met": "yes" if vs_static >= 1.5 else "NOT met"})
     r2 = table.row("continuous / one at a time")
-    ok = continuous / sequential >= 5
-    r2.update({"ratio": continuous / sequential, "target": ">= 5x", "met": "yes" if ok else "NOT met"})
+    vs_one = rates["continuous"] / rates["sequential"]
+    r2.update({"ratio": vs_one, "target": ">= 5x", "met": "yes" if vs_one >= 5 else "NOT met"})
     kv = table.row("KV held / tokens stored (continuous)")
-    worst, median = max(held), statistics.median(held)
-    kv.update({"ratio": median, "target": "<= 1.2x", "met": "yes" if median <= 1.2 else "NOT met",
-               "tokens/s": f"max {worst:.2f}"})
+    # Slots held over tokens stored, summed over the samples (a time average weighted by tokens);
+    # the median sample beside it.
+    ratio = sum(h for h, _ in held) / sum(t for _, t in held)
+    median = statistics.median(h / t for h, t in held)
+    kv.update({"ratio": ratio, "target": "<= 1.2x", "met": "yes" if ratio <= 1.2 else "NOT met",
+               "tokens/s": f"median {median:.2f}"})
 
 
 def test_prefix_caching(checkpoint, bench_seed, table):

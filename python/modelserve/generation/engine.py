@@ -193,8 +193,8 @@ class GenerationEngine:
         # The KV cache: one buffer of the core's pool, viewed by torch through DLPack.
         torch = _torch()
         datatype = "FP64" if self.model.dtype == torch.float64 else "FP32"
-        self._kv_tensor = _core.Tensor.empty(datatype, list(self.model.kv_shape(num_blocks * block_size)),
-                                             _core.host_pool())
+        pool = _core.device_pool(torch.device(device).index or 0) if device.startswith("cuda") else _core.host_pool()
+        self._kv_tensor = _core.Tensor.empty(datatype, list(self.model.kv_shape(num_blocks * block_size)), pool)
         self.kv = torch.from_dlpack(self._kv_tensor)
         self.kv_cache_bytes = num_blocks * per_block
         self.tokenizer = None
