@@ -210,6 +210,27 @@ class Runtime:
             if request._finished is None:
                 request.cancel()
 
+    def submit_generation(self, model: str, prompt: str | Sequence[int], params: Any = None, *,
+                          version: Version = None, priority: int = 0, timeout_s: float | None = None) -> Any:
+        """Enqueues a generation and returns its :class:`modelserve.generation.GenerationRequest`
+        (``result()``, iteration, ``deltas_async()`` for an event loop, ``cancel()``)."""
+        return self._generation(model, prompt, params, version, priority, timeout_s)
+
+    def generative_models(self) -> list[dict[str, Any]]:
+        """The models with a READY generative version: name, READY generative versions, and the
+        load time of the newest (the OpenAI route's ``created``)."""
+        found = []
+        for name in sorted(self.repository.models):
+            managed = self.repository.models.get(name)
+            if managed is None:
+                continue
+            ready = [mv for v, mv in sorted(managed.versions.items())
+                     if mv.generator is not None and mv.state.value == "READY"]
+            if ready:
+                found.append({"name": name, "versions": [mv.version for mv in ready],
+                              "created": int(ready[-1].history[0].at)})
+        return found
+
     def _generation(self, model: str, prompt: Any, params: Any, version: Version, priority: int,
                     timeout_s: float | None) -> Any:
         with self.repository.get(model).route(version) as mv:

@@ -91,7 +91,61 @@ class Completion:
     logprobs: list[float] | None = None
 
 
-_DONE = object()
+class _Histogram:
+    """Cumulative-bucket counts for Prometheus (``le`` bounds in seconds), updated on the engine
+    thread and read at scrape time (a read may see one observation half-recorded; nothing more)."""
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, seconds: float) -> None:
+        i = 0
+        while i < len(self.bounds) and seconds > self.bounds[i]:
+            i += 1
+        self.counts[i] += 1
+        self.sum += seconds
+        self.count += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        running, buckets = 0, []
+        for bound, n in zip(self.bounds, self.counts):
+            running += n
+            buckets.append((bound, running))
+        return {"buckets": buckets, "count": self.count, "sum": self.sum}
+
+
+TTFT_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+ITL_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+# Note [Chat template]
+# ~~~~~~~~~~~~~~~~~~~~
+# A chat's messages become one prompt: each message through "message" (str.format with {role}
+# and {content}), then "generation_prompt", after which the model writes the answer. The default
+# gives "user: Hi\nassistant:". A version folder's chat_template.json overrides either key, e.g.
+# {"message": "<|{role}|>{content}<|end|>", "generation_prompt": "<|assistant|>"}.
+DEFAULT_CHAT_TEMPLATE = {"message": "{role}: {content}\n", "generation_prompt": "assistant:"}
+
+
+def _read_chat_template(path: Path) -> dict[str, str]:
+    import json
+
+    try:
+        raw = json.loads(path.read_text())
+    except ValueError as e:
+        raise InvalidArgumentError(f"{path}: not valid JSON: {e}") from None
+    unknown = sorted(set(raw) - set(DEFAULT_CHAT_TEMPLATE)) if isinstance(raw, dict) else None
+    if unknown is None or unknown or not all(isinstance(v, str) for v in raw.values()):
+        raise InvalidArgumentError(f"{path}: expected an object with string keys among "
+                                   f"{sorted(DEFAULT_CHAT_TEMPLATE)}, got {raw!r}")
+    try:
+        raw.get("message", DEFAULT_CHAT_TEMPLATE["message"]).format(role="user", content="")
+    except (KeyError, IndexError, ValueError) as e:
+        raise InvalidArgumentError(f"{path}: 'message' may use only {{role}} and {{content}}: {e}") from None
+    return raw
 
 
 @dataclass
@@ -105,6 +159,9 @@ class _Live:
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)  # its last item is in `out`
+    notify: Any = None     # called (on the engine thread) after every item: an event loop's wake-up
+    submitted: float = field(default_factory=time.perf_counter)
+    last_token_at: float | None = None
     text_sent: int = 0     # characters of the decoded text already streamed
     stopped_at: int | None = None  # where a stop string begins in the text
 
@@ -132,6 +189,39 @@ class GenerationRequest:
             yield item
         if self._error is not None:
             raise self._error
+
+    async def deltas_async(self) -> Any:
+        """The deltas as an async iterator, for an event loop: the engine thread wakes the loop
+        (``call_soon_threadsafe``) instead of a thread blocking on the queue."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        ready = asyncio.Event()
+        self._live.notify = lambda: loop.call_soon_threadsafe(ready.set)
+        while self._finished is None and self._error is None:
+            try:
+                item = self._live.out.get_nowait()
+            except queue.Empty:
+                await ready.wait()
+                ready.clear()
+                continue
+            if isinstance(item, BaseException):
+                self._error = item
+                break
+            self._deltas.append(item)
+            if item.finish_reason is not None:
+                self._finished = item
+            yield item
+        if self._error is not None:
+            raise self._error
+
+    @property
+    def finished(self) -> bool:
+        return self._finished is not None or self._error is not None
+
+    @property
+    def prompt_ids(self) -> list[int]:
+        return list(self._live.prompt)
 
     @property
     def deltas(self) -> list[Delta]:
@@ -203,7 +293,14 @@ class GenerationEngine:
 
             self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         self.eos = c.eos_token_id
+        self.chat_template = dict(DEFAULT_CHAT_TEMPLATE)
+        if (folder / "chat_template.json").exists():  # Note [Chat template]
+            self.chat_template.update(_read_chat_template(folder / "chat_template.json"))
         self._ids = itertools.count(1)
+        self.ttft = _Histogram(TTFT_BOUNDS)
+        self.itl = _Histogram(ITL_BOUNDS)
+        self.prompt_tokens = 0      # of admitted requests
+        self.generated_tokens = 0
         self._live: dict[int, _Live] = {}
         self._lock = threading.Condition()
         self._cancelled: set[int] = set()
@@ -226,8 +323,9 @@ class GenerationEngine:
         with self._lock:
             if not self._accepting:
                 raise UnavailableError(f"model '{self.name}': the generation engine is closed")
-            self._live[live.id] = live
             self.scheduler.add(live.id, np.asarray(ids, np.int32), priority=priority, timeout_s=timeout_s)
+            self._live[live.id] = live
+            self.prompt_tokens += len(ids)
             self._lock.notify_all()
         return GenerationRequest(self, live)
 
@@ -243,7 +341,13 @@ class GenerationEngine:
                 request.cancel()
 
     def stats(self) -> dict[str, Any]:
-        return self.scheduler.stats()
+        """The scheduler's counters (sequences, iterations, preemptions, prefill, decode and
+        prefix-cached tokens, KV blocks) and the engine's: prompt and generated tokens, and the
+        time-to-first-token and inter-token histograms."""
+        s = self.scheduler.stats()
+        s.update(prompt_tokens_total=self.prompt_tokens, generated_tokens_total=self.generated_tokens,
+                 time_to_first_token=self.ttft.snapshot(), inter_token_latency=self.itl.snapshot())
+        return s
 
     def close(self, drain: bool = False, timeout_s: float = 30.0) -> None:
         """Stops taking requests; with ``drain`` lets those admitted finish (up to ``timeout_s``),
@@ -256,7 +360,7 @@ class GenerationEngine:
             self._lock.notify_all()
         self._thread.join(30)
         for live in list(self._live.values()):
-            live.out.put(UnavailableError(f"model '{self.name}': the generation engine closed"))
+            self._emit(live, UnavailableError(f"model '{self.name}': the generation engine closed"))
             live.done.set()
         self._live.clear()
 
@@ -267,6 +371,16 @@ class GenerationEngine:
         self.close()
 
     # --- text -----------------------------------------------------------------------------------
+    def apply_chat_template(self, messages: Sequence[Any]) -> str:
+        """The prompt for a chat (Note [Chat template])."""
+        t = self.chat_template
+        parts = []
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                raise InvalidArgumentError(f"messages[{i}] must be {{'role': str, 'content': str}}, got {m!r}")
+            parts.append(t["message"].format(role=m["role"], content=m["content"]))
+        return "".join(parts) + t["generation_prompt"]
+
     def _encode(self, prompt: str | Sequence[int]) -> list[int]:
         if isinstance(prompt, str):
             if self.tokenizer is None:
@@ -293,6 +407,12 @@ class GenerationEngine:
                 self._cancelled.add(live.id)
                 self._lock.notify_all()
 
+    @staticmethod
+    def _emit(live: _Live, item: Any) -> None:
+        live.out.put(item)
+        if live.notify is not None:
+            live.notify()
+
     def _drop(self, rid: int) -> _Live | None:
         with self._lock:
             live = self._live.pop(rid, None)
@@ -301,7 +421,7 @@ class GenerationEngine:
 
     def _finish(self, live: _Live, reason: str, new: list[int], logprobs: list[float]) -> None:
         self._drop(live.id)
-        live.out.put(self._delta(live, new, logprobs, reason))
+        self._emit(live, self._delta(live, new, logprobs, reason))
         live.done.set()
 
     def _delta(self, live: _Live, new: list[int], logprobs: list[float], reason: str | None) -> Delta:
@@ -326,14 +446,14 @@ class GenerationEngine:
                     live = self._live.pop(rid, None)
                     self._lock.notify_all()
                     if live is not None and self.scheduler.abort(rid):
-                        live.out.put(Delta([], "", None, "cancelled", time.perf_counter()))
+                        self._emit(live, Delta([], "", None, "cancelled", time.perf_counter()))
                         live.done.set()
                 self._cancelled.clear()
             step = self.scheduler.schedule()
             for rid in step["expired"]:
                 live = self._drop(rid)
                 if live is not None:
-                    live.out.put(DeadlineExceededError(f"model '{self.name}': the request's deadline passed "
+                    self._emit(live, DeadlineExceededError(f"model '{self.name}': the request's deadline passed "
                                                        "before it was scheduled"))
                     live.done.set()
             if len(step["ids"]) == 0:
@@ -352,12 +472,19 @@ class GenerationEngine:
                 for rid in failed:
                     live = self._drop(rid)
                     if live is not None:
-                        live.out.put(e)
+                        self._emit(live, e)
                         live.done.set()
                 continue
             finished = []
+            now = time.perf_counter()
+            self.generated_tokens += len(choices)
             for rid, (token, logprob) in zip(sampled_ids, choices):
                 live = self._live[rid]
+                if live.last_token_at is None:
+                    self.ttft.observe(now - live.submitted)
+                else:
+                    self.itl.observe(now - live.last_token_at)
+                live.last_token_at = now
                 live.tokens.append(token)
                 live.logprobs.append(logprob)
                 reason = self._stop_reason(live, token)
@@ -365,7 +492,7 @@ class GenerationEngine:
                     finished.append(rid)
                     self._finish(live, reason, [token], [logprob])
                 else:
-                    live.out.put(self._delta(live, [token], [logprob], None))
+                    self._emit(live, self._delta(live, [token], [logprob], None))
             self.scheduler.complete([t for t, _ in choices], finished)
 
     def _stop_reason(self, live: _Live, token: int) -> str | None:

@@ -41,6 +41,14 @@ modelserve_memory_pool_bytes                            gauge      pool, kind (i
 modelserve_memory_pool_hit_ratio                        gauge      pool
 modelserve_instance_memory_bytes                        gauge      model, version, instance (a worker's PSS)
 modelserve_instance_restarts_total                      counter    model, version (worker crashes)
+modelserve_time_to_first_token_seconds                  histogram  model, version (generative models)
+modelserve_inter_token_latency_seconds                  histogram  model, version
+modelserve_prompt_tokens_total                          counter    model, version
+modelserve_generated_tokens_total                       counter    model, version
+modelserve_sequences                                    gauge      model, version, state (running, waiting)
+modelserve_kv_cache_blocks                              gauge      model, version, state (used, free)
+modelserve_preemptions_total                            counter    model, version
+modelserve_prefix_cache_hit_ratio                       gauge      model, version
 process_*, python_info, python_gc_*                     various    prometheus_client's standard ones
 ======================================================  =========  =================================
 
@@ -176,6 +184,7 @@ class _RuntimeCollector(Collector):
                 restarts.add_metric(labels, workers.stats()["crashes"])
         yield worker_memory
         yield restarts
+        yield from _generation_metrics(self.runtime, mv)
 
         pool_bytes = GaugeMetricFamily("modelserve_memory_pool_bytes", "Memory pool bytes", labels=["pool", "kind"])
         hit = GaugeMetricFamily("modelserve_memory_pool_hit_ratio", "Allocations served from the pool", labels=["pool"])
@@ -186,6 +195,39 @@ class _RuntimeCollector(Collector):
             hit.add_metric([pool], st["hit_rate"])
         yield pool_bytes
         yield hit
+
+
+def _generation_metrics(runtime: Runtime, mv: list[str]) -> Iterator[Metric]:
+    """Generative versions (backend gpt2): their engines' counters, read at scrape time."""
+    ttft = HistogramMetricFamily("modelserve_time_to_first_token_seconds", "Submit to first generated token", labels=mv)
+    itl = HistogramMetricFamily("modelserve_inter_token_latency_seconds", "Between a sequence's tokens", labels=mv)
+    prompt = CounterMetricFamily("modelserve_prompt_tokens", "Prompt tokens of admitted requests", labels=mv)
+    generated = CounterMetricFamily("modelserve_generated_tokens", "Tokens generated", labels=mv)
+    seqs = GaugeMetricFamily("modelserve_sequences", "Sequences by state", labels=mv + ["state"])
+    blocks = GaugeMetricFamily("modelserve_kv_cache_blocks", "KV-cache blocks by state", labels=mv + ["state"])
+    preempt = CounterMetricFamily("modelserve_preemptions", "Sequences preempted for KV blocks", labels=mv)
+    hit = GaugeMetricFamily("modelserve_prefix_cache_hit_ratio", "Prompt blocks found in the prefix cache", labels=mv)
+    for name, managed in sorted(runtime.repository.models.items()):
+        for version, mv_ in sorted(managed.versions.items()):
+            engine = mv_.generator
+            if engine is None or mv_.state is VersionState.UNLOADED:
+                continue
+            labels = [name, str(version)]
+            s = engine.stats()
+            for family, key in ((ttft, "time_to_first_token"), (itl, "inter_token_latency")):
+                h = s[key]
+                family.add_metric(labels, [(str(b), n) for b, n in h["buckets"]] + [("+Inf", h["count"])], h["sum"])
+            prompt.add_metric(labels, s["prompt_tokens_total"])
+            generated.add_metric(labels, s["generated_tokens_total"])
+            seqs.add_metric(labels + ["running"], s["running"])
+            seqs.add_metric(labels + ["waiting"], s["waiting"])
+            b = s["blocks"]
+            blocks.add_metric(labels + ["used"], b["in_use"])
+            blocks.add_metric(labels + ["free"], b["free"] + b["cached"])  # cached blocks are reusable
+            preempt.add_metric(labels, s["preemptions"])
+            lookups = b["prefix_hits"] + b["prefix_misses"]
+            hit.add_metric(labels, b["prefix_hits"] / lookups if lookups else 0.0)
+    yield from (ttft, itl, prompt, generated, seqs, blocks, preempt, hit)
 
 
 class Metrics:
