@@ -22,6 +22,13 @@ never writes the same bytes twice):
 - ``recommender/{1,2}/model.onnx``  user embedding lookup, scores against every item, top-10;
                                  version 2 has re-trained (perturbed) item embeddings
 
+- ``storyteller/1/``             a small GPT-2 (2 layers, 128 wide, 128 positions; ``model.safetensors``,
+                                 ``config.json``) and its byte-level BPE ``tokenizer.json`` (512 tokens),
+                                 both trained here on ``examples/text/harbor_stories.txt``, text written for
+                                 this repository; about a minute on two cores. It learns the text by heart:
+                                 the check continues the first half of every sentence greedily and counts
+                                 how much of the second half comes back
+
 ``add_sub`` is a Python-backend model (``add_sub/1/model.py``, hand-written): the checks import
 it and call ``execute``. The config.yaml files are hand-written too; the checks validate them
 and compare their inputs and outputs with each model's graph.
@@ -63,6 +70,15 @@ RECO_ITEMS = 2000
 RECO_DIM = 32
 RECO_TOP_K = 10
 RECO_V2_NOISE = 0.5  # version 2's item embeddings = version 1's + this much noise, renormalised
+
+# storyteller: a GPT-2 trained on a short text written for this repository
+STORY_TEXT = MODELS.parent / "text" / "harbor_stories.txt"
+STORY_SEED = 4
+STORY_VOCAB = 512
+STORY = {"n_layer": 2, "n_embd": 128, "n_head": 4, "n_positions": 128}
+STORY_STEPS = 700
+STORY_WINDOW = 64
+STORY_BATCH = 16
 
 
 # --- builders -------------------------------------------------------------------------------
@@ -281,12 +297,98 @@ def build_recommender(version: int) -> None:
     _save_onnx(model, MODELS / "recommender" / str(version) / "model.onnx")
 
 
+def _story_tokenizer(lines: list[str]):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=STORY_VOCAB, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(lines, trainer)
+    return tok
+
+
+def build_storyteller() -> None:
+    """Trains the tokenizer, then the GPT-2 on every sentence (each followed by <|endoftext|>),
+    and writes them in the layout the gpt2 backend reads (Hugging Face's tensor names)."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    lines = [line.strip() for line in STORY_TEXT.read_text().splitlines() if line.strip()]
+    tok = _story_tokenizer(lines)
+    eos = tok.token_to_id("<|endoftext|>")
+    stream = []
+    for line in lines:
+        stream += tok.encode(line).ids + [eos]
+    data = torch.tensor(stream)
+    torch.manual_seed(STORY_SEED)
+    c = STORY
+    e, heads = c["n_embd"], c["n_head"]
+    vocab = tok.get_vocab_size()
+
+    def param(*shape, std=0.02):
+        return torch.nn.Parameter(torch.randn(*shape) * std)
+
+    w = {"wte.weight": param(vocab, e), "wpe.weight": param(c["n_positions"], e, std=0.01),
+         "ln_f.weight": torch.nn.Parameter(torch.ones(e)), "ln_f.bias": torch.nn.Parameter(torch.zeros(e))}
+    for i in range(c["n_layer"]):
+        p = f"h.{i}."
+        w.update({p + "ln_1.weight": torch.nn.Parameter(torch.ones(e)), p + "ln_1.bias": torch.nn.Parameter(torch.zeros(e)),
+                  p + "attn.c_attn.weight": param(e, 3 * e), p + "attn.c_attn.bias": torch.nn.Parameter(torch.zeros(3 * e)),
+                  p + "attn.c_proj.weight": param(e, e), p + "attn.c_proj.bias": torch.nn.Parameter(torch.zeros(e)),
+                  p + "ln_2.weight": torch.nn.Parameter(torch.ones(e)), p + "ln_2.bias": torch.nn.Parameter(torch.zeros(e)),
+                  p + "mlp.c_fc.weight": param(e, 4 * e), p + "mlp.c_fc.bias": torch.nn.Parameter(torch.zeros(4 * e)),
+                  p + "mlp.c_proj.weight": param(4 * e, e), p + "mlp.c_proj.bias": torch.nn.Parameter(torch.zeros(e))})
+    F = torch.nn.functional
+
+    def forward(x):  # [B, T] -> logits [B, T, V]: the same arithmetic as modelserve.generation.gpt2
+        b, t = x.shape
+        h = w["wte.weight"][x] + w["wpe.weight"][torch.arange(t)]
+        for i in range(c["n_layer"]):
+            p = f"h.{i}."
+            a = F.layer_norm(h, (e,), w[p + "ln_1.weight"], w[p + "ln_1.bias"], 1e-5)
+            q, k, v = (a @ w[p + "attn.c_attn.weight"] + w[p + "attn.c_attn.bias"]).split(e, dim=-1)
+            q, k, v = (z.view(b, t, heads, e // heads).transpose(1, 2) for z in (q, k, v))
+            att = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, e)
+            h = h + att @ w[p + "attn.c_proj.weight"] + w[p + "attn.c_proj.bias"]
+            a = F.layer_norm(h, (e,), w[p + "ln_2.weight"], w[p + "ln_2.bias"], 1e-5)
+            h = h + F.gelu(a @ w[p + "mlp.c_fc.weight"] + w[p + "mlp.c_fc.bias"], approximate="tanh") @ \
+                w[p + "mlp.c_proj.weight"] + w[p + "mlp.c_proj.bias"]
+        h = F.layer_norm(h, (e,), w["ln_f.weight"], w["ln_f.bias"], 1e-5)
+        return h @ w["wte.weight"].T
+
+    torch.set_num_threads(2)
+    opt = torch.optim.AdamW(w.values(), lr=3e-3, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(STORY_SEED)
+    for step in range(STORY_STEPS):
+        starts = torch.randint(0, len(data) - STORY_WINDOW - 1, (STORY_BATCH,), generator=gen)
+        x = torch.stack([data[s : s + STORY_WINDOW] for s in starts])
+        y = torch.stack([data[s + 1 : s + STORY_WINDOW + 1] for s in starts])
+        loss = F.cross_entropy(forward(x).reshape(-1, vocab), y.reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        for group in opt.param_groups:
+            group["lr"] = 3e-3 * (1 - step / STORY_STEPS) + 1e-4
+    print(f"storyteller: final training loss {loss.item():.3f}")
+    out = MODELS / "storyteller" / "1"
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous() for k, v in w.items()}, str(out / "model.safetensors"))
+    (out / "config.json").write_text(json.dumps({"model_type": "gpt2", "vocab_size": vocab, **c,
+                                                 "layer_norm_epsilon": 1e-5, "eos_token_id": eos}, indent=2) + "\n")
+    tok.save(str(out / "tokenizer.json"))
+
+
 def build_all() -> None:
     build_digits()
     build_mlp()
     build_torch_linear()
     build_recommender(1)
     build_recommender(2)
+    build_storyteller()
 
 
 # --- checks ---------------------------------------------------------------------------------
@@ -455,6 +557,34 @@ def check_recommender() -> None:
     )
 
 
+def story_recall() -> float:
+    """The share of the example text the storyteller gives back: for every sentence, the greedy
+    continuation of its first half (whole words) against its second half, word by word."""
+    from modelserve.generation import GenerationEngine, SamplingParams
+
+    lines = [line.strip() for line in STORY_TEXT.read_text().splitlines() if line.strip()]
+    right = total = 0
+    with GenerationEngine(MODELS / "storyteller" / "1", max_num_seqs=8) as engine:
+        requests = []
+        for line in lines:
+            words = line.split(" ")
+            half = len(words) // 2
+            requests.append((words[half:], engine.submit(" ".join(words[:half]),
+                                                          SamplingParams(max_tokens=40, temperature=0))))
+        for rest, request in requests:
+            got = request.result().text.strip().split(" ")
+            right += sum(1 for a, b in zip(rest, got) if a == b)
+            total += len(rest)
+    return right / total
+
+
+def check_storyteller() -> None:
+    recall = story_recall()
+    print(f"  greedy continuations give back {recall:.0%} of the second halves' words")
+    assert recall >= 0.8, recall
+    _report(MODELS / "storyteller" / "1" / "model.safetensors")
+
+
 def check_all() -> None:
     for name, check in (
         ("add_sub", check_add_sub),
@@ -462,6 +592,7 @@ def check_all() -> None:
         ("mlp", check_mlp),
         ("torch_linear", check_torch_linear),
         ("recommender", check_recommender),
+        ("storyteller", check_storyteller),
     ):
         print(f"{name}:")
         check()

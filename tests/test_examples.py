@@ -28,13 +28,31 @@ def test_every_example_is_ready(rt):
     assert rt.ready()
     index = rt.repository_index()
     assert {(e["name"], e["version"]) for e in index} == {
-        ("add_sub", "1"), ("digits", "1"), ("mlp", "1"), ("torch_linear", "1"), ("recommender", "1"), ("recommender", "2")
+        ("add_sub", "1"), ("digits", "1"), ("mlp", "1"), ("torch_linear", "1"), ("recommender", "1"), ("recommender", "2"),
+        ("storyteller", "1"),
     }
     assert {e["state"] for e in index} == {"READY"}
 
 
 def test_the_example_repository_validates():
     assert modelserve.repository.validate_repository(EXAMPLES) == []
+
+
+def test_the_storyteller_learned_its_text(rt):
+    """Greedy continuations of the first half of training sentences give back most of the second
+    half (examples/build_models.py trained it on examples/text/harbor_stories.txt)."""
+    from modelserve.generation import SamplingParams
+
+    lines = [line for line in (ROOT / "examples" / "text" / "harbor_stories.txt").read_text().splitlines() if line]
+    right = total = 0
+    for line in lines[::3]:
+        words = line.split(" ")
+        half = len(words) // 2
+        out = rt.generate("storyteller", " ".join(words[:half]), SamplingParams(max_tokens=40, temperature=0))
+        got = out.text.strip().split(" ")
+        right += sum(1 for a, b in zip(words[half:], got) if a == b)
+        total += len(words) - half
+    assert right / total >= 0.8, (right, total)
 
 
 def test_add_sub(rt):

@@ -392,3 +392,25 @@ def test_the_engine_on_a_gpu_gives_the_cpu_tokens(checkpoint):
     with GenerationEngine(folder, dtype="float64", device="cuda:0") as gpu:
         assert gpu.kv.device.type == "cuda"
         assert run_all(gpu, items) == expected
+
+
+def test_garbage_in_unused_kv_slots_never_reaches_an_answer(checkpoint):
+    """Pooled memory is uninitialised: fill a cache's pool block with NaN first, release it, and
+    the engine that reuses it must still answer exactly (its padding is read with weight 0)."""
+    import gc
+
+    folder, reference = checkpoint
+
+    def poison():
+        with GenerationEngine(folder, dtype="float64", max_num_seqs=4) as first:
+            first.kv.fill_(float("nan"))
+            return first.kv.data_ptr()
+
+    address = poison()
+    gc.collect()  # the engine and its view are gone: the block is back in the pool
+    items = [(p, 6) for p in prompts(12, 4)]
+    with GenerationEngine(folder, dtype="float64", max_num_seqs=4) as engine:
+        assert engine.kv.data_ptr() == address  # the same pooled block
+        got = run_all(engine, items)
+    for (prompt, n), tokens in zip(items, got):
+        assert tokens == greedy_reference(reference, prompt, n)

@@ -2,6 +2,7 @@
 client against a real server on a real socket, on a small GPT-2 with random weights and a
 word-level tokenizer (token i is the word "wi")."""
 
+import json
 import time
 
 import httpx
@@ -198,3 +199,22 @@ def test_generation_metrics_are_exported(client, served):
         assert series in text, series
     generated = float(text.split('modelserve_generated_tokens_total{model="tiny",version="1"} ')[1].split()[0])
     assert generated >= 5
+
+
+def test_tritons_generate_extension(served):
+    server, reference = served
+    want = expected(reference, "w20 w21", 6)
+    base = f"http://127.0.0.1:{server.http_port}/v2/models/tiny"
+    with httpx.Client(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+        r = http.post(base + "/generate", json={"text_input": "w20 w21", "max_tokens": 6, "temperature": 0,
+                                                 "ignore_eos": True})
+        assert r.status_code == 200, r.text
+        assert r.json() == {"model_name": "tiny", "model_version": "1", "text_output": want.text}
+        r = http.post(base + "/versions/1/generate_stream",
+                      json={"text_input": "w20 w21", "parameters": {"max_tokens": 6, "temperature": 0, "ignore_eos": True}})
+        events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
+        assert "".join(e["text_output"] for e in events) == want.text
+        r = http.post(base + "/generate", json={"text_input": "w20", "max_tokens": -1})
+        assert r.status_code == 400 and "'max_tokens' must be an integer > 0, got -1" in r.json()["error"]
+        r = http.post(base + "/generate", json={"max_tokens": 2})
+        assert r.status_code == 400 and "'text_input' must be a non-empty string" in r.json()["error"]

@@ -189,6 +189,19 @@ def test_validate_exits_1_for_a_broken_repository(tmp_path):
     assert "did you mean 'max_batch_size'" in result.stderr
 
 
+def test_the_example_storyteller_answers_the_openai_client(server):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{server.http_port}/v1", api_key="none", max_retries=0)
+    assert "storyteller" in [m.id for m in client.models.list()]
+    out = client.completions.create(model="storyteller", prompt="The lighthouse keeper climbed the stairs",
+                                    max_tokens=16, temperature=0)
+    assert out.choices[0].text.startswith(" every evening and lit the lamp")
+    chat = client.chat.completions.create(model="storyteller", messages=[{"role": "user", "content": "Hello"}],
+                                          max_tokens=4)
+    assert chat.choices[0].message.role == "assistant" and chat.usage.completion_tokens <= 4
+    client.close()
+
+
 # --- readiness (Note [Server readiness] in modelserve/runtime.py) --------------------------------
 
 ECHO_CONFIG = """

@@ -190,9 +190,12 @@ class GenerationRequest:
         if self._error is not None:
             raise self._error
 
-    async def deltas_async(self) -> Any:
+    async def deltas_async(self, coalesce: bool = False) -> Any:
         """The deltas as an async iterator, for an event loop: the engine thread wakes the loop
-        (``call_soon_threadsafe``) instead of a thread blocking on the queue."""
+        (``call_soon_threadsafe``) instead of a thread blocking on the queue. With ``coalesce``,
+        deltas that queued up while the consumer was busy come as one (their tokens, text and
+        log-probabilities joined): a slow reader gets fewer, larger chunks instead of falling
+        further behind."""
         import asyncio
 
         loop = asyncio.get_running_loop()
@@ -205,6 +208,18 @@ class GenerationRequest:
                 await ready.wait()
                 ready.clear()
                 continue
+            while coalesce and isinstance(item, Delta) and item.finish_reason is None:
+                try:
+                    more = self._live.out.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(more, BaseException):
+                    self._live.out.put(more)  # raised on the next round, after this delta
+                    break
+                self._deltas.append(item)
+                item = Delta(item.token_ids + more.token_ids, item.text + more.text,
+                             None if item.logprobs is None else item.logprobs + (more.logprobs or []),
+                             more.finish_reason, more.at)
             if isinstance(item, BaseException):
                 self._error = item
                 break
@@ -286,6 +301,10 @@ class GenerationEngine:
         pool = _core.device_pool(torch.device(device).index or 0) if device.startswith("cuda") else _core.host_pool()
         self._kv_tensor = _core.Tensor.empty(datatype, list(self.model.kv_shape(num_blocks * block_size)), pool)
         self.kv = torch.from_dlpack(self._kv_tensor)
+        # Pooled memory comes uninitialised. Attention reads slots past a sequence's end (the rest
+        # of its last block, the padding of a batched decode) with weight exactly 0, and 0 x NaN
+        # is NaN: every slot must hold a finite number from the start.
+        self.kv.zero_()
         self.kv_cache_bytes = num_blocks * per_block
         self.tokenizer = None
         if (folder / "tokenizer.json").exists():

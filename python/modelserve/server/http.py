@@ -869,9 +869,10 @@ def create_app(
 
     routes += [route(path, handler, methods, admin_auth if "PATCH" in methods else meta_auth)
                for path, handler, methods in settings_routes(runtime)]
-    from .openai_http import openai_routes  # generative models: the OpenAI API (openai_http.py)
+    from .openai_http import generate_routes, openai_routes  # generative models (openai_http.py)
 
     routes += openai_routes(runtime, api._json_body, infer_auth)
+    routes += generate_routes(runtime, api._json_body, route, infer_auth)
     app = Starlette(exception_handlers={HTTPException: _route_error})
     app.router = _Router(routes, _endpoint(api.infer, infer_auth))
     return app

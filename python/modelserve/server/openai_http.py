@@ -209,7 +209,7 @@ class _OpenAI:
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         try:
             text, tokens, lps, reason = "", [], [], None
-            async for delta in handle.deltas_async():
+            async for delta in handle.deltas_async(coalesce=True):
                 text += delta.text
                 tokens += delta.token_ids
                 lps += delta.logprobs or []
@@ -257,7 +257,7 @@ class _OpenAI:
             if chat:
                 yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None,
                               "logprobs": None}])
-            async for delta in handle.deltas_async():
+            async for delta in handle.deltas_async(coalesce=True):
                 generated += len(delta.token_ids)
                 if not delta.text and delta.finish_reason is None:
                     continue  # held back (a possible stop string) or a token with no text yet
@@ -276,6 +276,76 @@ class _OpenAI:
         finally:  # a client that disconnects mid-stream ends this generator: free the sequence
             if not handle.finished:
                 handle.cancel()
+
+
+# --- Triton's generate extension -------------------------------------------------------------------
+
+class _Generate:
+    """``POST /v2/models/{m}[/versions/{v}]/generate`` and ``/generate_stream`` (Triton's generate
+    extension): ``text_input`` in, ``text_output`` out, sampling parameters as fields (the
+    OpenAI route's names: ``max_tokens``, ``temperature``, ``top_p``, ``top_k``, ``seed``,
+    ``stop``, ``min_tokens``, ``ignore_eos``); errors in the Open Inference Protocol's shape."""
+
+    def __init__(self, runtime: Any, json_body: Callable[[Request, str], Any]) -> None:
+        self.runtime = runtime
+        self.json_body = json_body
+
+    async def _start(self, request: Request) -> tuple[Any, dict[str, Any], str, Any]:
+        name = request.path_params["model"]
+        version = request.path_params.get("version")
+        what = f"model '{name}'" + (f" version {version}" if version else "")
+        body = await self.json_body(request, what)
+        text = body.get("text_input")
+        if not isinstance(text, str) or not text:
+            raise InvalidArgumentError(f"{what}: 'text_input' must be a non-empty string")
+        fields = {k: v for k, v in body.items() if k not in ("text_input", "parameters", "id")}
+        fields.update(body.get("parameters") or {})
+        try:
+            params, _ = _sampling(fields, 16, chat=False)
+        except _OpenAIError as e:
+            raise InvalidArgumentError(f"{what}: {e}") from None
+        which = (int(version) if version.isdigit() else version) if version else None
+        mv = self.runtime.repository.get(name).lookup(which)
+        handle = self.runtime.submit_generation(name, text, params, version=mv.version)
+        return handle, {"model_name": name, "model_version": str(mv.version)}, what, mv
+
+    async def generate(self, request: Request) -> Response:
+        handle, head, _, _ = await self._start(request)
+        text = ""
+        try:
+            async for delta in handle.deltas_async(coalesce=True):
+                text += delta.text
+        finally:
+            if not handle.finished:
+                handle.cancel()
+        return JSONResponse({**head, "text_output": text})
+
+    async def generate_stream(self, request: Request) -> Response:
+        handle, head, _, _ = await self._start(request)
+
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                async for delta in handle.deltas_async(coalesce=True):
+                    if delta.text or delta.finish_reason is not None:
+                        yield b"data: " + json.dumps({**head, "text_output": delta.text}).encode() + b"\n\n"
+            except ModelserveError as e:
+                yield b"data: " + json.dumps({"error": str(e)}).encode() + b"\n\n"
+            finally:
+                if not handle.finished:
+                    handle.cancel()
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def generate_routes(runtime: Any, json_body: Callable[[Request, str], Any], route: Callable[..., Route],
+                    check: Callable[[Request], None] | None) -> list[Route]:
+    """Triton's generate extension; ``route`` wraps handlers with the /v2 error replies."""
+    api = _Generate(runtime, json_body)
+    routes = []
+    for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+        routes += [route(base + "/generate", api.generate, ["POST"], check),
+                   route(base + "/generate_stream", api.generate_stream, ["POST"], check)]
+    return routes
 
 
 def openai_routes(runtime: Any, json_body: Callable[[Request, str], Any],
