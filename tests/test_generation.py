@@ -2,7 +2,6 @@
 models (Hypothesis), and the continuous, paged GPT-2 path against transformers' GPT2LMHeadModel run
 one sequence at a time on the same weights."""
 
-import threading
 import time
 
 import numpy as np
@@ -414,3 +413,42 @@ def test_garbage_in_unused_kv_slots_never_reaches_an_answer(checkpoint):
         got = run_all(engine, items)
     for (prompt, n), tokens in zip(items, got):
         assert tokens == greedy_reference(reference, prompt, n)
+
+
+def test_priority_levels_go_first_and_arrival_orders_each_level():
+    s = gen.Scheduler(block_size=4, num_blocks=16, max_num_seqs=1, max_model_len=16)
+    s.add(1, np.ones(3, np.int32), priority=2)
+    s.add(2, np.ones(3, np.int32), priority=0)
+    s.add(3, np.ones(3, np.int32), priority=2)
+    s.add(4, np.ones(3, np.int32), priority=0)
+    order = []
+    while s.has_work():
+        step = s.schedule()
+        rid = int(step["ids"][0])
+        order.append(rid)
+        s.complete([5], [rid])  # one token and done
+    assert order == [2, 4, 1, 3]
+
+
+def test_a_failing_iteration_fails_its_requests_and_the_engine_goes_on(checkpoint, monkeypatch):
+    import modelserve
+
+    folder, reference = checkpoint
+    with GenerationEngine(folder, dtype="float64") as engine:
+        real = engine._stop_reason
+        calls = {"n": 0}
+
+        def broken(live, token):  # a bug outside the model, after sampling, mid-iteration
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise RuntimeError("boom")
+            return real(live, token)
+
+        monkeypatch.setattr(engine, "_stop_reason", broken)
+        with pytest.raises(modelserve.InternalError, match="the generation loop failed: RuntimeError: boom"):
+            engine.generate([3, 4, 5], SamplingParams(max_tokens=8, ignore_eos=True))
+        monkeypatch.setattr(engine, "_stop_reason", real)
+        prompt = prompts(13, 1)[0]
+        assert engine.generate(prompt, SamplingParams(max_tokens=5, ignore_eos=True)).token_ids == \
+            greedy_reference(reference, prompt, 5)
+        assert engine.stats()["blocks"]["in_use"] == 0

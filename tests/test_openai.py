@@ -6,7 +6,6 @@ import json
 import time
 
 import httpx
-import numpy as np
 import pytest
 
 openai = pytest.importorskip("openai")

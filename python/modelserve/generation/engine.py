@@ -17,6 +17,7 @@ requests::
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import queue
 import threading
@@ -29,10 +30,12 @@ from typing import Any
 import numpy as np
 
 from .._native import core as _core
-from ..errors import CancelledError, DeadlineExceededError, InvalidArgumentError, UnavailableError
+from ..errors import DeadlineExceededError, InternalError, InvalidArgumentError, UnavailableError
 from .gpt2 import GPT2, StepInput, _torch
 
 __all__ = ["GenerationEngine", "SamplingParams", "Completion", "Delta", "GenerationRequest"]
+
+log = logging.getLogger("modelserve.generation")
 
 
 @dataclass(frozen=True)
@@ -323,6 +326,7 @@ class GenerationEngine:
         self._live: dict[int, _Live] = {}
         self._lock = threading.Condition()
         self._cancelled: set[int] = set()
+        self._open_step: dict[str, Any] | None = None  # scheduled, not yet completed (engine thread)
         self._closed = False
         self._accepting = True
         self._thread = threading.Thread(target=self._loop, name=f"modelserve-generate-{name}", daemon=True)
@@ -454,65 +458,97 @@ class GenerationEngine:
         return Delta(new, text, logprobs if live.params.logprobs else None, reason, time.perf_counter())
 
     def _loop(self) -> None:
-        torch = _torch()
-        while True:
-            with self._lock:
-                while not self._closed and not self.scheduler.has_work() and not self._cancelled:
-                    self._lock.wait()
-                if self._closed:
-                    return
-                for rid in self._cancelled:
-                    live = self._live.pop(rid, None)
+        """The engine thread. An iteration that fails outside the model (a bug) fails the requests
+        alive at that moment with INTERNAL and the loop goes on: it never dies with requests
+        waiting on it."""
+        while not self._closed:
+            try:
+                self._iterate()
+            except Exception as e:
+                log.exception("model '%s': a generation iteration failed", self.name)
+                failed = InternalError(f"model '{self.name}': the generation loop failed: {type(e).__name__}: {e}")
+                with self._lock:
+                    lives, self._live = list(self._live.values()), {}
                     self._lock.notify_all()
-                    if live is not None and self.scheduler.abort(rid):
-                        self._emit(live, Delta([], "", None, "cancelled", time.perf_counter()))
-                        live.done.set()
-                self._cancelled.clear()
-            step = self.scheduler.schedule()
-            for rid in step["expired"]:
+                for live in lives:
+                    self.scheduler.abort(live.id)
+                    self._emit(live, failed)
+                    live.done.set()
+                self._reset_scheduler_step()
+
+    def _reset_scheduler_step(self) -> None:
+        """After a failed iteration: close the step the scheduler may still hold open (its
+        sequences were aborted above, so they leave with it)."""
+        step, self._open_step = self._open_step, None
+        if step is not None:
+            try:
+                self.scheduler.complete([0] * int(step["sample"].sum()), [int(i) for i in step["ids"]])
+            except Exception:
+                log.exception("model '%s': the failed step could not be closed", self.name)
+
+    def _iterate(self) -> None:
+        """One iteration: cancellations, schedule, the model, sampling, completion."""
+        torch = _torch()
+        with self._lock:
+            while not self._closed and not self.scheduler.has_work() and not self._cancelled:
+                self._lock.wait()
+            if self._closed:
+                return
+            for rid in self._cancelled:
+                live = self._live.pop(rid, None)
+                self._lock.notify_all()
+                if live is not None and self.scheduler.abort(rid):
+                    self._emit(live, Delta([], "", None, "cancelled", time.perf_counter()))
+                    live.done.set()
+            self._cancelled.clear()
+        step = self._open_step = self.scheduler.schedule()
+        for rid in step["expired"]:
+            live = self._drop(rid)
+            if live is not None:
+                self._emit(live, DeadlineExceededError(f"model '{self.name}': the request's deadline passed "
+                                                   "before it was scheduled"))
+                live.done.set()
+        if len(step["ids"]) == 0:
+            self.scheduler.complete([], [])
+            self._open_step = None
+            return
+        try:
+            with torch.inference_mode():
+                logits = self.model.forward(StepInput(
+                    step["tokens"], step["positions"], step["slots"], step["starts"], step["counts"],
+                    step["block_tables"], step["sample"]), self.kv, self.block_size)
+                sampled_ids = [int(i) for i, s in zip(step["ids"], step["sample"]) if s]
+                choices = self._sample_all([self._live[i] for i in sampled_ids], logits)
+        except Exception as e:  # the model failed: every request of the step fails with it
+            failed = [int(i) for i in step["ids"]]
+            self.scheduler.complete([0] * int(step["sample"].sum()), failed)
+            self._open_step = None
+            for rid in failed:
                 live = self._drop(rid)
                 if live is not None:
-                    self._emit(live, DeadlineExceededError(f"model '{self.name}': the request's deadline passed "
-                                                       "before it was scheduled"))
+                    self._emit(live, e)
                     live.done.set()
-            if len(step["ids"]) == 0:
-                self.scheduler.complete([], [])
-                continue
-            try:
-                with torch.inference_mode():
-                    logits = self.model.forward(StepInput(
-                        step["tokens"], step["positions"], step["slots"], step["starts"], step["counts"],
-                        step["block_tables"], step["sample"]), self.kv, self.block_size)
-                    sampled_ids = [int(i) for i, s in zip(step["ids"], step["sample"]) if s]
-                    choices = self._sample_all([self._live[i] for i in sampled_ids], logits)
-            except Exception as e:  # the model failed: every request of the step fails with it
-                failed = [int(i) for i in step["ids"]]
-                self.scheduler.complete([0] * int(step["sample"].sum()), failed)
-                for rid in failed:
-                    live = self._drop(rid)
-                    if live is not None:
-                        self._emit(live, e)
-                        live.done.set()
-                continue
-            finished = []
-            now = time.perf_counter()
-            self.generated_tokens += len(choices)
-            for rid, (token, logprob) in zip(sampled_ids, choices):
-                live = self._live[rid]
-                if live.last_token_at is None:
-                    self.ttft.observe(now - live.submitted)
-                else:
-                    self.itl.observe(now - live.last_token_at)
-                live.last_token_at = now
-                live.tokens.append(token)
-                live.logprobs.append(logprob)
-                reason = self._stop_reason(live, token)
-                if reason is not None:
-                    finished.append(rid)
-                    self._finish(live, reason, [token], [logprob])
-                else:
-                    self._emit(live, self._delta(live, [token], [logprob], None))
-            self.scheduler.complete([t for t, _ in choices], finished)
+            return
+        finished = []
+        now = time.perf_counter()
+        self.generated_tokens += len(choices)
+        for rid, (token, logprob) in zip(sampled_ids, choices):
+            live = self._live[rid]
+            if live.last_token_at is None:
+                self.ttft.observe(now - live.submitted)
+            else:
+                self.itl.observe(now - live.last_token_at)
+            live.last_token_at = now
+            live.tokens.append(token)
+            live.logprobs.append(logprob)
+            reason = self._stop_reason(live, token)
+            if reason is not None:
+                finished.append(rid)
+                self._finish(live, reason, [token], [logprob])
+            else:
+                self._emit(live, self._delta(live, [token], [logprob], None))
+        self.scheduler.complete([t for t, _ in choices], finished)
+        self._open_step = None
 
     def _stop_reason(self, live: _Live, token: int) -> str | None:
         p = live.params
