@@ -217,3 +217,27 @@ def test_tritons_generate_extension(served):
         assert r.status_code == 400 and "'max_tokens' must be an integer > 0, got -1" in r.json()["error"]
         r = http.post(base + "/generate", json={"max_tokens": 2})
         assert r.status_code == 400 and "'text_input' must be a non-empty string" in r.json()["error"]
+
+
+def test_infer_on_a_generative_model_says_where_to_go(served):
+    server, _ = served
+    url = f"http://127.0.0.1:{server.http_port}/v2/models/tiny/infer"
+    body = {"inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [1], "data": ["w1"]}]}
+    r = httpx.post(url, json=body, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 400
+    assert "model 'tiny' version 1 is generative" in r.json()["error"] and "/v1/completions" in r.json()["error"]
+
+
+def test_grpc_infer_on_a_generative_model_says_where_to_go(served):
+    grpcclient = pytest.importorskip("tritonclient.grpc")
+    from tritonclient.utils import InferenceServerException
+
+    server, _ = served
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+    x = grpcclient.InferInput("text_input", [1], "BYTES")
+    x.set_data_from_numpy(__import__("numpy").array([b"w1"], dtype=object))
+    with pytest.raises(InferenceServerException) as e:
+        client.infer("tiny", [x], headers={"authorization": f"Bearer {TOKEN}"})
+    assert e.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "model 'tiny' version 1 is generative" in e.value.message()
+    client.close()

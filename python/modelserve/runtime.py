@@ -255,14 +255,12 @@ class Runtime:
         endpoint = self.traffic.active.get(model) if version is None else None
         if endpoint is None:
             with self.repository.get(model).route(version) as mv:
-                if mv.engine is None:
-                    raise InvalidArgumentError(f"{mv.label} is generative (backend '{mv.backend_name}'): use generate()")
-                return _submit(mv, getattr(mv.engine, how), inputs, outputs=outputs, priority=priority,
+                return _submit(mv, getattr(_engine_of(mv), how), inputs, outputs=outputs, priority=priority,
                                timeout_us=timeout_us)
         routed = endpoint.route(routing)
         try:
             with self.repository.get(routed.model).route(routed.version) as mv:
-                pending = _submit(mv, getattr(mv.engine, how), inputs, outputs=outputs, priority=priority,
+                pending = _submit(mv, getattr(_engine_of(mv), how), inputs, outputs=outputs, priority=priority,
                                   timeout_us=timeout_us)
         except BaseException as e:
             routed.fail(e)
@@ -304,7 +302,7 @@ class Runtime:
         frontends report): the version named, or the one the traffic policy chose."""
         async def run(target: str, target_version: Version) -> tuple[Any, int]:
             with self.repository.get(target).route(target_version) as mv:
-                request = _submit(mv, mv.engine.submit_async, inputs, outputs=outputs, priority=priority,
+                request = _submit(mv, _engine_of(mv).submit_async, inputs, outputs=outputs, priority=priority,
                                   timeout_us=timeout_us)
             return await request.outputs(as_numpy=as_numpy), mv.version
 
@@ -331,7 +329,7 @@ class Runtime:
         :meth:`infer_routed_async` instead: see :meth:`mirrors`."""
         async def run(target: str, target_version: Version) -> tuple[Any, int]:
             with self.repository.get(target).route(target_version) as mv:
-                queued = _submit(mv, mv.engine.submit_parsed_async, request, where, priority=priority,
+                queued = _submit(mv, _engine_of(mv).submit_parsed_async, request, where, priority=priority,
                                  timeout_us=timeout_us)
             pending = await queued.done()
             if pending.status_code:
@@ -498,6 +496,15 @@ class Runtime:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _engine_of(mv: Any) -> Any:
+    """The version's ModelEngine; a generative version has none and says where to go instead."""
+    if mv.engine is None:
+        raise InvalidArgumentError(
+            f"{mv.label} is generative (backend '{mv.backend_name}'): send it generate requests "
+            "(Runtime.generate, POST /v1/completions, POST /v2/models/{m}/generate), not infer")
+    return mv.engine
 
 
 def _submit(mv: Any, submit: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
