@@ -228,16 +228,47 @@ def test_infer_on_a_generative_model_says_where_to_go(served):
     assert "model 'tiny' version 1 is generative" in r.json()["error"] and "/v1/completions" in r.json()["error"]
 
 
-def test_grpc_infer_on_a_generative_model_says_where_to_go(served):
+def test_grpc_generation_whole_and_streamed(served):
+    """Triton's convention over gRPC: ModelInfer answers the whole completion; ModelStreamInfer one
+    response per chunk, triton_final_response false until the last; the config says decoupled."""
+    import queue
+
+    import numpy
     grpcclient = pytest.importorskip("tritonclient.grpc")
+
+    server, reference = served
+    want = expected(reference, "w30 w31", 9)
+    headers = {"authorization": f"Bearer {TOKEN}"}
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+    config = client.get_model_config("tiny", headers=headers).config
+    assert config.model_transaction_policy.decoupled
+    assert [i.name for i in config.input] == ["text_input"] and [o.name for o in config.output] == ["text_output"]
+    x = grpcclient.InferInput("text_input", [1], "BYTES")
+    x.set_data_from_numpy(numpy.array([b"w30 w31"], dtype=object))
+    params = {"max_tokens": 9, "temperature": 0.0, "ignore_eos": True}
+    whole = client.infer("tiny", [x], parameters=params, headers=headers)
+    assert whole.as_numpy("text_output")[0].decode() == want.text
+    got: "queue.Queue" = queue.Queue()
+    client.start_stream(callback=lambda result, error: got.put((result, error)), headers=headers)
+    client.async_stream_infer("tiny", [x], parameters=params, request_id="r1", enable_empty_final_response=True)
+    chunks, finals = [], []
+    while True:
+        result, error = got.get(timeout=30)
+        assert error is None, error
+        response = result.get_response()
+        final = response.parameters["triton_final_response"].bool_param
+        finals.append(final)
+        chunks.append(result.as_numpy("text_output")[0].decode())
+        if final:
+            break
+    client.stop_stream()
+    assert "".join(chunks) == want.text
+    assert len(finals) > 1 and finals[-1] and not any(finals[:-1])
+    bad = grpcclient.InferInput("text_input", [1], "BYTES")
+    bad.set_data_from_numpy(numpy.array([b"w1"], dtype=object))
     from tritonclient.utils import InferenceServerException
 
-    server, _ = served
-    client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
-    x = grpcclient.InferInput("text_input", [1], "BYTES")
-    x.set_data_from_numpy(__import__("numpy").array([b"w1"], dtype=object))
     with pytest.raises(InferenceServerException) as e:
-        client.infer("tiny", [x], headers={"authorization": f"Bearer {TOKEN}"})
-    assert e.value.status() == "StatusCode.INVALID_ARGUMENT"
-    assert "model 'tiny' version 1 is generative" in e.value.message()
+        client.infer("tiny", [bad], parameters={"max_tokens": 0}, headers=headers)
+    assert e.value.status() == "StatusCode.INVALID_ARGUMENT" and "'max_tokens' must be an integer > 0" in e.value.message()
     client.close()

@@ -412,7 +412,14 @@ class Runtime:
         config["name"] = model
         config["inputs"] = [t.model_dump() for t in mv.inputs]
         config["outputs"] = [t.model_dump() for t in mv.outputs]
+        # A generative model answers a stream request with many responses (Triton's decoupled).
+        config["decoupled"] = mv.generator is not None
         return config
+
+    def generator_of(self, model: str, version: Version = None) -> Any:
+        """The GenerationEngine of the version a request for ``version`` goes to, or None when
+        that version is not generative."""
+        return self.repository.get(model).lookup(version).generator
 
     def model_statistics(self, model: str | None = None, version: Version = None) -> list[dict[str, Any]]:
         """Per-version statistics of the core (counts, queue and compute times, batch sizes)."""

@@ -282,6 +282,9 @@ class ModelVersion:
             self.budget.reserve(self, self.device, weights, f"{self.label} (estimated from its files)")
         rss0 = rss_bytes()
         self.generator = GenerationEngine(self.path, name=self.name, **settings)
+        # What the Open Inference Protocol sees (Triton's generate convention): text in, text out.
+        self.inputs = [TensorConfig(name="text_input", datatype="BYTES", shape=[1])]
+        self.outputs = [TensorConfig(name="text_output", datatype="BYTES", shape=[1])]
         self.phases["load_s"] = time.monotonic() - t0
         self._move(S.WARMING)
         self.instances = 1

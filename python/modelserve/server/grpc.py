@@ -511,6 +511,7 @@ class GrpcFrontend:
                 output=[pb.ModelOutput(name=t["name"], data_type=data_type(t["datatype"]), dims=t["shape"])
                         for t in config.get("outputs", [])],
                 parameters=parameters,
+                model_transaction_policy=pb.ModelTransactionPolicy(decoupled=bool(config.get("decoupled"))),
             )
         )
 
@@ -588,6 +589,10 @@ class GrpcFrontend:
             self.health.check_accepting()
             if isinstance(call, _Refused):
                 raise call.error
+            generator = self._generator_of(call)
+            if generator is not None:  # the whole completion in one response
+                async for reply, _ in self._generate(call, generator, streamed=False):
+                    return reply
             return await self._infer(call, context.time_remaining(), context=context)
         except ModelserveError as e:
             code, message = grpc.StatusCode[e.grpc_code], str(e)
@@ -615,6 +620,11 @@ class GrpcFrontend:
                 self.health.check_accepting()
                 if isinstance(call, _Refused):
                     raise call.error
+                generator = self._generator_of(call)
+                if generator is not None:  # one response per chunk, the last one final
+                    async for reply, final in self._generate(call, generator, streamed=True):
+                        replies.put_nowait(reply if final else _Partial(reply))
+                    return
                 replies.put_nowait(await self._infer(call, context.time_remaining(), streamed=True, context=context))
             except ModelserveError as e:
                 replies.put_nowait((grpc.StatusCode[e.grpc_code], str(e), request_id))
@@ -650,6 +660,9 @@ class GrpcFrontend:
         failure = None
         try:
             while (item := await replies.get()) is not end:
+                if isinstance(item, _Partial):  # more of a generation follows: its slot stays taken
+                    await context.write(item.reply)
+                    continue
                 try:
                     if isinstance(item, (bytes, _InferReply)):
                         await context.write(item)
@@ -668,6 +681,58 @@ class GrpcFrontend:
                 task.cancel()
         if failure is not None:
             await context.abort(*failure)
+
+    def _generator_of(self, call: Any) -> Any:
+        """The generation engine a request goes to, or None (every runtime but the in-process one
+        has none)."""
+        _check_model_name(call.model_name)
+        find = getattr(self.runtime, "generator_of", None)
+        return find(call.model_name, call.model_version or None) if find is not None else None
+
+    async def _generate(self, call: Any, generator: Any, streamed: bool) -> Any:
+        """A generation over gRPC (Triton's convention): BYTES ``text_input`` in, sampling values
+        as request parameters (``max_tokens``, ``temperature``, ...), ``text_output`` out. Yields
+        (reply, final): one whole reply, or with ``streamed`` one per chunk of tokens, with
+        ``triton_final_response`` false until the last."""
+        from .openai_http import _OpenAIError, _sampling
+
+        model = call.model_name
+        version = self.runtime.resolve_version(model, call.model_version or None)
+        where = _where(model, version)
+        inputs, _ = _protocol.decode(call, where)
+        text = inputs.get("text_input")
+        if text is None or text.datatype != "BYTES" or len(text.numpy().reshape(-1)) != 1:
+            raise InvalidArgumentError(f"{where}: needs one BYTES input 'text_input' of one element, got "
+                                       f"{sorted(inputs)}")
+        prompt = text.numpy().reshape(-1)[0]
+        prompt = prompt.decode("utf-8", "replace") if isinstance(prompt, bytes) else str(prompt)
+        try:
+            params, _ = _sampling(dict(call.parameters), 16, chat=False)
+        except _OpenAIError as e:
+            raise InvalidArgumentError(f"{where}: {e}") from None
+        handle = self.runtime.submit_generation(model, prompt, params, version=version)
+        try:
+            if not streamed:
+                out = ""
+                async for delta in handle.deltas_async(coalesce=True):
+                    out += delta.text
+                yield self._text_reply(call.id, model, version, out, final=None), True
+                return
+            async for delta in handle.deltas_async(coalesce=True):
+                final = delta.finish_reason is not None
+                if delta.text or final:
+                    yield self._text_reply(call.id, model, version, delta.text, final=final), final
+        finally:  # a cancelled call (or a dropped stream) frees the sequence
+            if not handle.finished:
+                handle.cancel()
+
+    def _text_reply(self, request_id: str, model: str, version: int, text: str, final: bool | None) -> _InferReply:
+        response = pb.ModelInferResponse(model_name=model, model_version=str(version), id=request_id)
+        if final is not None:
+            response.parameters["triton_final_response"].bool_param = final
+        data = text.encode()
+        response.outputs.add(name="text_output", datatype="BYTES", shape=[1])
+        return _InferReply(response, [len(data).to_bytes(4, "little") + data])
 
     async def _infer(
         self, call: Any, time_remaining: float | None, streamed: bool = False, context: Any = None
@@ -732,6 +797,15 @@ class GrpcFrontend:
                 f"outputs or a smaller batch"
             )
         return reply
+
+
+class _Partial:
+    """A stream reply that is not its request's last (a generation's chunk)."""
+
+    __slots__ = ("reply",)
+
+    def __init__(self, reply: Any) -> None:
+        self.reply = reply
 
 
 # --- encoding ---------------------------------------------------------------------------------
