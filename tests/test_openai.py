@@ -272,3 +272,114 @@ def test_grpc_generation_whole_and_streamed(served):
         client.infer("tiny", [bad], parameters={"max_tokens": 0}, headers=headers)
     assert e.value.status() == "StatusCode.INVALID_ARGUMENT" and "'max_tokens' must be an integer > 0" in e.value.message()
     client.close()
+
+
+def test_a_traffic_split_routes_generations_by_user_and_judges_time_to_first_token(tmp_path):
+    """Note [Routed generations] (runtime.py): a split over two versions, sticky on the OpenAI
+    ``user``; each target's latency is its time to the first token."""
+    from modelserve.server.app import Server
+    from modelserve.server.common import ServerOptions
+
+    for version, seed in ((1, 3), (2, 4)):
+        folder = tmp_path / "tiny" / str(version)
+        write_random_checkpoint(folder, vocab_size=VOCAB, n_positions=128, n_embd=32, n_layer=2, n_head=4, seed=seed)
+        write_tokenizer(folder)
+    (tmp_path / "tiny" / "config.yaml").write_text("generation: {max_num_seqs: 8, block_size: 4}\n"
+                                                  "version_policy: {all: true}\nlabels: {stable: 2}\n")
+    loop = LoopThread("openai-split")
+    server = Server(tmp_path, ServerOptions(http_port=0, grpc_port=0, shutdown_grace_s=0))
+    loop.run(server.start())
+    try:
+        rt = server.runtime
+        rt.traffic.set_policy("tiny", {"targets": [{"version": 1, "weight": 50}, {"version": 2, "weight": 50}],
+                                       "sticky_key": "user"})
+        c = openai.OpenAI(base_url=f"http://127.0.0.1:{server.http_port}/v1", api_key="none", max_retries=0)
+        texts = {}
+        for user in [f"u{i}" for i in range(12)]:
+            # The two versions' random weights answer alike; their log-probabilities tell them apart.
+            outs = {tuple(round(x, 6) for x in c.completions.create(
+                model="tiny", prompt="w40 w41", max_tokens=4, temperature=0, user=user, logprobs=0,
+                extra_body={"ignore_eos": True}).choices[0].logprobs.token_logprobs) for _ in range(2)}
+            assert len(outs) == 1  # sticky: a user always meets the same version
+            texts[user] = outs.pop()
+        assert len(set(texts.values())) == 2  # both versions served someone
+        rows = {r["target"]: r for r in rt.traffic.readout("tiny")["targets"]}
+        assert sum(r["requests"] for r in rows.values()) == 24
+        assert all(r["requests"] > 0 and r["errors"] == 0 for r in rows.values())
+
+        # Labels and numbers select a version past the policy.
+        def logprobs(model):
+            out = c.completions.create(model=model, prompt="w40 w41", max_tokens=4, temperature=0, logprobs=0,
+                                       extra_body={"ignore_eos": True})
+            return tuple(round(x, 6) for x in out.choices[0].logprobs.token_logprobs)
+
+        assert logprobs("tiny:stable") == logprobs("tiny:2") != logprobs("tiny:1")
+        assert {logprobs("tiny:1"), logprobs("tiny:2")} == set(texts.values())
+        c.close()
+    finally:
+        loop.run(server.shutdown())
+        loop.close()
+
+
+def test_a_cancelled_grpc_stream_frees_its_blocks(served):
+    import queue
+
+    import numpy
+    grpcclient = pytest.importorskip("tritonclient.grpc")
+
+    server, _ = served
+    engine = server.runtime.repository.get("tiny").versions[1].generator
+    headers = {"authorization": f"Bearer {TOKEN}"}
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+    got: "queue.Queue" = queue.Queue()
+    client.start_stream(callback=lambda result, error: got.put((result, error)), headers=headers)
+    x = grpcclient.InferInput("text_input", [1], "BYTES")
+    x.set_data_from_numpy(numpy.array([b"w1 w2"], dtype=object))
+    client.async_stream_infer("tiny", [x], parameters={"max_tokens": 120, "ignore_eos": True})
+    result, error = got.get(timeout=30)
+    assert error is None and engine.stats()["blocks"]["in_use"] > 0
+    client.stop_stream(cancel_requests=True)
+    deadline = time.monotonic() + 10
+    while engine.stats()["blocks"]["in_use"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.stats()["blocks"]["in_use"] == 0
+    client.close()
+
+
+def test_a_version_swap_under_generation_load_fails_nothing(tmp_path):
+    """New generations go to the new version once it is READY; those running on the old one
+    finish there (a draining GenerationEngine lets them)."""
+    import threading
+
+    import modelserve
+
+    write_random_checkpoint(tmp_path / "tiny" / "1", vocab_size=VOCAB, n_positions=128, n_embd=32, n_layer=2,
+                            n_head=4, seed=3)
+    (tmp_path / "tiny" / "config.yaml").write_text("generation: {max_num_seqs: 8}\nkeep_previous_versions: 0\n")
+    with modelserve.Runtime(tmp_path, model_control_mode="explicit", load_models=["tiny"]) as rt:
+        errors, done, stop = [], [], threading.Event()
+
+        def load():
+            while not stop.is_set():
+                try:
+                    out = rt.generate("tiny", [5, 6, 7], SamplingParams(max_tokens=30, ignore_eos=True))
+                    done.append(len(out.token_ids))
+                except Exception as e:  # pragma: no cover - reported by the assertion below
+                    errors.append(e)
+
+        threads = [threading.Thread(target=load) for _ in range(3)]
+        for t in threads:
+            t.start()
+        while len(done) < 3:
+            time.sleep(0.01)
+        write_random_checkpoint(tmp_path / "tiny" / "2", vocab_size=VOCAB, n_positions=128, n_embd=32, n_layer=2,
+                                n_head=4, seed=4)
+        rt.load_model("tiny")
+        n = len(done)
+        while len(done) < n + 6:
+            time.sleep(0.01)
+        stop.set()
+        for t in threads:
+            t.join(30)
+        assert errors == [] and set(done) == {30}
+        assert rt.repository.get("tiny").ready_versions() == [2]

@@ -211,10 +211,12 @@ class Runtime:
                 request.cancel()
 
     def submit_generation(self, model: str, prompt: str | Sequence[int], params: Any = None, *,
-                          version: Version = None, priority: int = 0, timeout_s: float | None = None) -> Any:
+                          version: Version = None, priority: int = 0, timeout_s: float | None = None,
+                          routing: Mapping[str, Any] | None = None) -> Any:
         """Enqueues a generation and returns its :class:`modelserve.generation.GenerationRequest`
-        (``result()``, iteration, ``deltas_async()`` for an event loop, ``cancel()``)."""
-        return self._generation(model, prompt, params, version, priority, timeout_s)
+        (``result()``, iteration, ``deltas_async()`` for an event loop, ``cancel()``).
+        ``routing`` holds a traffic policy's sticky key (the OpenAI routes pass ``user``)."""
+        return self._generation(model, prompt, params, version, priority, timeout_s, routing)
 
     def generative_models(self) -> list[dict[str, Any]]:
         """The models with a READY generative version: name, READY generative versions, and the
@@ -232,11 +234,25 @@ class Runtime:
         return found
 
     def _generation(self, model: str, prompt: Any, params: Any, version: Version, priority: int,
-                    timeout_s: float | None) -> Any:
-        with self.repository.get(model).route(version) as mv:
-            if mv.generator is None:
-                raise InvalidArgumentError(f"{mv.label} is not generative (backend '{mv.backend_name}'): use infer()")
-            return mv.generator.submit(prompt, params, priority=priority, timeout_s=timeout_s)
+                    timeout_s: float | None, routing: Mapping[str, Any] | None = None) -> Any:
+        """Note [Routed generations]: a traffic policy picks the target as for infer; the
+        target's latency is the time to the first token (what a rollout's latency gate judges),
+        recorded when it comes, and a failure before it is the target's error. Shadows never
+        mirror a generation."""
+        endpoint = self.traffic.active.get(model) if version is None else None
+        routed = endpoint.route(routing) if endpoint is not None else None
+        target, which = (routed.model, routed.version) if routed is not None else (model, version)
+        try:
+            with self.repository.get(target).route(which) as mv:
+                if mv.generator is None:
+                    raise InvalidArgumentError(f"{mv.label} is not generative (backend '{mv.backend_name}'): use infer()")
+                return mv.generator.submit(prompt, params, priority=priority, timeout_s=timeout_s,
+                                           on_first_token=routed.finish if routed is not None else None,
+                                           on_error=routed.fail if routed is not None else None)
+        except BaseException as e:
+            if routed is not None:
+                routed.fail(e)
+            raise
 
     def _enqueue(
         self,

@@ -165,6 +165,9 @@ class _Live:
     notify: Any = None     # called (on the engine thread) after every item: an event loop's wake-up
     submitted: float = field(default_factory=time.perf_counter)
     last_token_at: float | None = None
+    # A traffic policy's bookkeeping (Runtime._generation): its first token, or its failure.
+    on_first_token: Any = None
+    on_error: Any = None
     text_sent: int = 0     # characters of the decoded text already streamed
     stopped_at: int | None = None  # where a stop string begins in the text
 
@@ -334,7 +337,9 @@ class GenerationEngine:
 
     # --- requests -------------------------------------------------------------------------------
     def submit(self, prompt: str | Sequence[int], params: SamplingParams | None = None, *, priority: int = 0,
-               timeout_s: float | None = None) -> GenerationRequest:
+               timeout_s: float | None = None, on_first_token: Any = None, on_error: Any = None) -> GenerationRequest:
+        """Enqueues a generation. ``on_first_token()`` and ``on_error(exception)`` run on the engine
+        thread, once, whichever comes first (a traffic policy's bookkeeping)."""
         params = params or SamplingParams()
         params.check(self.model.config.vocab_size)
         ids = self._encode(prompt)
@@ -342,7 +347,7 @@ class GenerationEngine:
             raise InvalidArgumentError(
                 f"model '{self.name}': prompt of {len(ids)} tokens + max_tokens {params.max_tokens} exceeds "
                 f"generation.max_model_len {self.max_model_len}")
-        live = _Live(next(self._ids), ids, params)
+        live = _Live(next(self._ids), ids, params, on_first_token=on_first_token, on_error=on_error)
         with self._lock:
             if not self._accepting:
                 raise UnavailableError(f"model '{self.name}': the generation engine is closed")
@@ -435,6 +440,19 @@ class GenerationEngine:
         live.out.put(item)
         if live.notify is not None:
             live.notify()
+        report = None
+        if isinstance(item, BaseException):
+            report, arg = live.on_error, item
+        elif isinstance(item, Delta) and item.finish_reason == "cancelled" and live.last_token_at is None:
+            from ..errors import CancelledError
+
+            report, arg = live.on_error, CancelledError("cancelled before its first token")
+        if report is not None:
+            live.on_error = live.on_first_token = None
+            try:
+                report(arg)
+            except Exception:  # bookkeeping must never stop the loop
+                log.exception("a generation's traffic report failed")
 
     def _drop(self, rid: int) -> _Live | None:
         with self._lock:
@@ -536,6 +554,12 @@ class GenerationEngine:
             live = self._live[rid]
             if live.last_token_at is None:
                 self.ttft.observe(now - live.submitted)
+                if live.on_first_token is not None:  # a traffic policy judges generations by it
+                    report, live.on_first_token, live.on_error = live.on_first_token, None, None
+                    try:
+                        report()
+                    except Exception:
+                        log.exception("a generation's traffic report failed")
             else:
                 self.itl.observe(now - live.last_token_at)
             live.last_token_at = now

@@ -197,7 +197,9 @@ class _OpenAI:
             raise _OpenAIError(400, f"'{key}' {params.max_tokens} and the prompt's {prompt_len} tokens exceed the "
                                f"model's context of {engine.max_model_len} tokens", key, "context_length_exceeded")
         try:
-            handle = self.runtime.submit_generation(name, prompt, params, version=version)
+            user = body.get("user")
+            handle = self.runtime.submit_generation(name, prompt, params, version=version,
+                                                    routing={"user": user} if isinstance(user, str) else None)
         except InvalidArgumentError as e:
             raise _OpenAIError(400, str(e), _param_of(str(e))) from None
         model = body["model"]
