@@ -100,3 +100,20 @@ def test_the_core_stub_names_what_core_exports():
         compare(f"_core.{name}", set(scope), _real_names(real, public_only=False))
         compare_classes(f"_core.{name}", scope, real)
     assert not problems, "_core.pyi is out of date with the built module:\n" + "\n".join(problems)
+
+
+def test_import_modelserve_is_light_and_its_names_still_resolve():
+    """The package imports its parts on first use (PEP 562): a process-instance worker does not
+    pay for the servers' dependencies; every public name and subpackage still resolves."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, modelserve\n"
+        "heavy = sorted(m for m in ('pydantic', 'grpc', 'starlette', 'prometheus_client') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+        "assert modelserve.repository.validate_repository and modelserve.engine.ModelEngine\n"
+        "assert modelserve.Runtime and modelserve.ModelConfig and modelserve.generation.SamplingParams\n"
+        "assert set(modelserve.__all__) <= set(dir(modelserve))\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -20,6 +20,14 @@ from .errors import (
 _LAZY = {
     "cuda": ".cuda",
     "memory": ".memory",
+    # Subpackages the eager imports used to bring in as attributes (modelserve.repository.x).
+    "backends": ".backends",
+    "config": ".config",
+    "engine": ".engine",
+    "generation": ".generation",
+    "repository": ".repository",
+    "runtime": ".runtime",
+    "tensor": ".tensor",
     "Runtime": ".runtime",
     "VersionState": ".repository",
     "ConfigError": ".config",
