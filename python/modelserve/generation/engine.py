@@ -172,6 +172,16 @@ class _Live:
     stopped_at: int | None = None  # where a stop string begins in the text
 
 
+def _report(live: _Live, report: Any, *args: Any) -> None:
+    """Runs one of a request's traffic reports (the first token or its failure: only one ever
+    runs); bookkeeping never stops the engine loop."""
+    live.on_error = live.on_first_token = None
+    try:
+        report(*args)
+    except Exception:
+        log.exception("a generation's traffic report failed")
+
+
 class GenerationRequest:
     """A submitted request: iterate for deltas, or ``result()``; ``cancel()`` frees its KV blocks
     within one iteration."""
@@ -183,16 +193,21 @@ class GenerationRequest:
         self._finished: Delta | None = None
         self._error: BaseException | None = None
 
+    def _accept(self, item: Any) -> bool:
+        """Records one item taken from the queue; True when it is a delta to hand on."""
+        if isinstance(item, BaseException):
+            self._error = item
+            return False
+        self._deltas.append(item)
+        if item.finish_reason is not None:
+            self._finished = item
+        return True
+
     def __iter__(self) -> Iterator[Delta]:
-        while self._finished is None and self._error is None:
+        while not self.finished:
             item = self._live.out.get()
-            if isinstance(item, BaseException):
-                self._error = item
-                break
-            self._deltas.append(item)
-            if item.finish_reason is not None:
-                self._finished = item
-            yield item
+            if self._accept(item):
+                yield item
         if self._error is not None:
             raise self._error
 
@@ -207,7 +222,7 @@ class GenerationRequest:
         loop = asyncio.get_running_loop()
         ready = asyncio.Event()
         self._live.notify = lambda: loop.call_soon_threadsafe(ready.set)
-        while self._finished is None and self._error is None:
+        while not self.finished:
             try:
                 item = self._live.out.get_nowait()
             except queue.Empty:
@@ -222,17 +237,11 @@ class GenerationRequest:
                 if isinstance(more, BaseException):
                     self._live.out.put(more)  # raised on the next round, after this delta
                     break
-                self._deltas.append(item)
                 item = Delta(item.token_ids + more.token_ids, item.text + more.text,
                              None if item.logprobs is None else item.logprobs + (more.logprobs or []),
                              more.finish_reason, more.at)
-            if isinstance(item, BaseException):
-                self._error = item
-                break
-            self._deltas.append(item)
-            if item.finish_reason is not None:
-                self._finished = item
-            yield item
+            if self._accept(item):
+                yield item
         if self._error is not None:
             raise self._error
 
@@ -448,11 +457,7 @@ class GenerationEngine:
 
             report, arg = live.on_error, CancelledError("cancelled before its first token")
         if report is not None:
-            live.on_error = live.on_first_token = None
-            try:
-                report(arg)
-            except Exception:  # bookkeeping must never stop the loop
-                log.exception("a generation's traffic report failed")
+            _report(live, report, arg)
 
     def _drop(self, rid: int) -> _Live | None:
         with self._lock:
@@ -555,11 +560,7 @@ class GenerationEngine:
             if live.last_token_at is None:
                 self.ttft.observe(now - live.submitted)
                 if live.on_first_token is not None:  # a traffic policy judges generations by it
-                    report, live.on_first_token, live.on_error = live.on_first_token, None, None
-                    try:
-                        report()
-                    except Exception:
-                        log.exception("a generation's traffic report failed")
+                    _report(live, live.on_first_token)
             else:
                 self.itl.observe(now - live.last_token_at)
             live.last_token_at = now

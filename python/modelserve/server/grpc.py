@@ -694,7 +694,7 @@ class GrpcFrontend:
         as request parameters (``max_tokens``, ``temperature``, ...), ``text_output`` out. Yields
         (reply, final): one whole reply, or with ``streamed`` one per chunk of tokens, with
         ``triton_final_response`` false until the last."""
-        from .openai_http import _OpenAIError, _sampling
+        from .openai_http import FieldError, sampling_params
 
         model = call.model_name
         version = self.runtime.resolve_version(model, call.model_version or None)
@@ -707,8 +707,8 @@ class GrpcFrontend:
         prompt = text.numpy().reshape(-1)[0]
         prompt = prompt.decode("utf-8", "replace") if isinstance(prompt, bytes) else str(prompt)
         try:
-            params, _ = _sampling(dict(call.parameters), 16, chat=False)
-        except _OpenAIError as e:
+            params, _ = sampling_params(dict(call.parameters), 16, chat=False)
+        except FieldError as e:
             raise InvalidArgumentError(f"{where}: {e}") from None
         handle = self.runtime.submit_generation(model, prompt, params, version=version)
         try:

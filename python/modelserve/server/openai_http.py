@@ -27,7 +27,7 @@ from starlette.routing import Route
 from ..errors import InvalidArgumentError, ModelserveError, NotFoundError
 from ..generation import SamplingParams
 
-__all__ = ["openai_routes"]
+__all__ = ["openai_routes", "generate_routes", "sampling_params", "FieldError"]
 
 log = logging.getLogger("modelserve.http")
 
@@ -40,7 +40,9 @@ _UNSUPPORTED = {
 }
 
 
-class _OpenAIError(Exception):
+class FieldError(Exception):
+    """A request field the generate routes refuse: its HTTP status, the field and a code."""
+
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.status, self.param, self.code = status, param, code
@@ -61,7 +63,7 @@ def _endpoint(handler: Callable[[Request], Any], check: Callable[[Request], None
             if check is not None:
                 check(request)
             return await handler(request)
-        except _OpenAIError as e:
+        except FieldError as e:
             return _error(e.status, str(e), e.param, e.code)
         except NotFoundError as e:
             return _error(404, str(e), "model", "model_not_found")
@@ -81,7 +83,7 @@ def _endpoint(handler: Callable[[Request], Any], check: Callable[[Request], None
 
 def _model_and_version(value: Any) -> tuple[str, int | str | None]:
     if not isinstance(value, str) or not value:
-        raise _OpenAIError(400, "'model' must be a model name (name, name:version or name:label)", "model")
+        raise FieldError(400, "'model' must be a model name (name, name:version or name:label)", "model")
     name, sep, which = value.rpartition(":")
     if not sep:
         return value, None
@@ -93,37 +95,37 @@ def _get(body: dict[str, Any], key: str, kind: type | tuple[type, ...], default:
     if value is None:
         return default
     if isinstance(value, bool) and kind in (int, float, (int, float)):
-        raise _OpenAIError(400, f"'{key}' must be a number, got {value!r}", key)
+        raise FieldError(400, f"'{key}' must be a number, got {value!r}", key)
     if not isinstance(value, kind):
         name = kind.__name__ if isinstance(kind, type) else "number"
-        raise _OpenAIError(400, f"'{key}' must be {name}, got {value!r}", key)
+        raise FieldError(400, f"'{key}' must be {name}, got {value!r}", key)
     return value
 
 
-def _sampling(body: dict[str, Any], default_max_tokens: int | None, chat: bool) -> tuple[SamplingParams, bool]:
+def sampling_params(body: dict[str, Any], default_max_tokens: int | None, chat: bool) -> tuple[SamplingParams, bool]:
     """The request's SamplingParams, and whether it wants log-probabilities."""
     for key, neutral in _UNSUPPORTED.items():
         if key in body and body[key] not in (neutral, None) and body[key] != {} and body[key] != []:
-            raise _OpenAIError(400, f"'{key}' is not supported by modelserve (got {body[key]!r})", key)
+            raise FieldError(400, f"'{key}' is not supported by modelserve (got {body[key]!r})", key)
     stop = body.get("stop")
     if stop is None:
         stop = []
     elif isinstance(stop, str):
         stop = [stop]
     elif not (isinstance(stop, list) and all(isinstance(s, str) and s for s in stop)) or len(stop) > 4:
-        raise _OpenAIError(400, "'stop' must be a string or a list of up to 4 non-empty strings", "stop")
+        raise FieldError(400, "'stop' must be a string or a list of up to 4 non-empty strings", "stop")
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
     if max_tokens is None:
         max_tokens = default_max_tokens
     elif isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens <= 0:
-        raise _OpenAIError(400, f"'{key}' must be an integer > 0, got {max_tokens!r}", key)
+        raise FieldError(400, f"'{key}' must be an integer > 0, got {max_tokens!r}", key)
     if chat:
         logprobs = bool(_get(body, "logprobs", bool, False))
     else:
         n = _get(body, "logprobs", int, None)
         if n not in (None, 0):
-            raise _OpenAIError(400, f"'logprobs' must be 0 (the chosen tokens' log-probabilities; alternatives are "
+            raise FieldError(400, f"'logprobs' must be 0 (the chosen tokens' log-probabilities; alternatives are "
                                f"not supported), got {n!r}", "logprobs")
         logprobs = n == 0
     seed = _get(body, "seed", int, None)
@@ -137,7 +139,7 @@ def _sampling(body: dict[str, Any], default_max_tokens: int | None, chat: bool) 
             ignore_eos=bool(_get(body, "ignore_eos", bool, False)),
             seed=seed, stop=tuple(stop), logprobs=logprobs)
     except TypeError as e:
-        raise _OpenAIError(400, str(e)) from None
+        raise FieldError(400, str(e)) from None
     return params, logprobs
 
 
@@ -174,34 +176,35 @@ class _OpenAI:
         if chat:
             messages = body.get("messages")
             if not isinstance(messages, list) or not messages:
-                raise _OpenAIError(400, "'messages' must be a non-empty list of {role, content}", "messages")
+                raise FieldError(400, "'messages' must be a non-empty list of {role, content}", "messages")
             try:
                 prompt = engine.apply_chat_template(messages)
             except InvalidArgumentError as e:
-                raise _OpenAIError(400, str(e), "messages") from None
+                raise FieldError(400, str(e), "messages") from None
         else:
             prompt = body.get("prompt")
             if not isinstance(prompt, str) or not prompt:
-                raise _OpenAIError(400, "'prompt' must be a non-empty string", "prompt")
+                raise FieldError(400, "'prompt' must be a non-empty string", "prompt")
         if engine.tokenizer is None:
-            raise _OpenAIError(400, f"model '{name}' has no tokenizer.json, so it cannot take text", "model")
-        prompt_len = len(engine.tokenizer.encode(prompt).ids)
+            raise FieldError(400, f"model '{name}' has no tokenizer.json, so it cannot take text", "model")
+        prompt_ids = engine.tokenizer.encode(prompt).ids  # once: the engine takes the ids
+        prompt_len = len(prompt_ids)
         room = engine.max_model_len - prompt_len
         if room < 1:
-            raise _OpenAIError(400, f"the prompt has {prompt_len} tokens; the model's context is "
+            raise FieldError(400, f"the prompt has {prompt_len} tokens; the model's context is "
                                f"{engine.max_model_len} tokens (prompt and output together)",
                                "messages" if chat else "prompt", "context_length_exceeded")
-        params, logprobs = _sampling(body, room if chat else min(16, room), chat)
+        params, logprobs = sampling_params(body, room if chat else min(16, room), chat)
         if params.max_tokens > room:
             key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-            raise _OpenAIError(400, f"'{key}' {params.max_tokens} and the prompt's {prompt_len} tokens exceed the "
+            raise FieldError(400, f"'{key}' {params.max_tokens} and the prompt's {prompt_len} tokens exceed the "
                                f"model's context of {engine.max_model_len} tokens", key, "context_length_exceeded")
         try:
             user = body.get("user")
-            handle = self.runtime.submit_generation(name, prompt, params, version=version,
+            handle = self.runtime.submit_generation(name, prompt_ids, params, version=version,
                                                     routing={"user": user} if isinstance(user, str) else None)
         except InvalidArgumentError as e:
-            raise _OpenAIError(400, str(e), _param_of(str(e))) from None
+            raise FieldError(400, str(e), _param_of(str(e))) from None
         model = body["model"]
         created = int(time.time())
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
@@ -233,7 +236,7 @@ class _OpenAI:
     def _engine(self, name: str, version: int | str | None) -> Any:
         mv = self.runtime.repository.get(name).lookup(version)
         if mv.generator is None:
-            raise _OpenAIError(400, f"{mv.label} is not a generative model (backend '{mv.backend_name}')", "model")
+            raise FieldError(400, f"{mv.label} is not a generative model (backend '{mv.backend_name}')", "model")
         return mv.generator
 
     @staticmethod
@@ -303,8 +306,8 @@ class _Generate:
         fields = {k: v for k, v in body.items() if k not in ("text_input", "parameters", "id")}
         fields.update(body.get("parameters") or {})
         try:
-            params, _ = _sampling(fields, 16, chat=False)
-        except _OpenAIError as e:
+            params, _ = sampling_params(fields, 16, chat=False)
+        except FieldError as e:
             raise InvalidArgumentError(f"{what}: {e}") from None
         which = (int(version) if version.isdigit() else version) if version else None
         mv = self.runtime.repository.get(name).lookup(which)
