@@ -21,6 +21,7 @@ below; see policy.py, router.py, stats.py, shadow.py, rollout.py and store.py fo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import threading
@@ -38,7 +39,7 @@ from .rollout import Rollout, RolloutState, WindowView
 from .router import Router
 from .shadow import BackgroundLoop, ShadowJob, ShadowMirror, snapshot_inputs, snapshot_outputs
 from .stats import ShadowStats, TargetStats, readout, summary
-from .store import StateStore
+from .store import IN_PROCESS, StateStore
 
 __all__ = ["TrafficManager", "Routed", "RoutedPending", "Endpoint"]
 
@@ -275,8 +276,18 @@ class TrafficManager:
         if self._own_loop is not None:
             self._own_loop.close()
 
-    def _audit(self, actor: str, action: str, endpoint: str, fields: dict[str, Any]) -> None:
-        self.store.audit({"actor": actor, "action": action, "endpoint": endpoint, **fields})
+    # --- the audit log (store.py, Note [Audit entries]) ----------------------------------------
+    def audited(self, actor: str, action: str, endpoint: str) -> contextlib.AbstractContextManager[dict[str, Any]]:
+        """Records the management action run in the ``with`` block, with its outcome; yields a
+        dict for its own fields (``before``, ``after``, ``detail``). Every management action,
+        traffic or not (the Runtime's load, unload and settings), is recorded through this."""
+        return self.store.recording(actor, action, endpoint)
+
+    def refusals(self, actor: str, action: str, endpoint: str) -> contextlib.AbstractContextManager[dict[str, Any]]:
+        """Records a failure of the ``with`` block as a refused ``action``, and nothing
+        otherwise: for a frontend's decoding before it calls the method that records the
+        action itself (so that the action is recorded once)."""
+        return self.store.recording(actor, action, endpoint, success=False)
 
     # --- policies ------------------------------------------------------------------------------
     def get_policy(self, endpoint: str) -> dict[str, Any] | None:
@@ -285,32 +296,32 @@ class TrafficManager:
         return None if ep is None else ep.policy.model_dump(mode="json", exclude_defaults=True)
 
     def set_policy(
-        self, endpoint: str, policy: TrafficPolicy | Mapping[str, Any], *, actor: str = "api"
+        self, endpoint: str, policy: TrafficPolicy | Mapping[str, Any], *, actor: str = IN_PROCESS
     ) -> dict[str, Any]:
         """Validates (weights add up to 100, targets exist and are READY, signatures match the
         endpoint's), saves, applies at once and audits ``policy``; returns it."""
-        p = parse_policy(policy)
-        with self._lock:
+        with self._lock, self.audited(actor, "policy.set", endpoint) as entry:
+            p = parse_policy(policy)
             self._refuse_during_rollout(endpoint, "change the traffic policy")
             self._validate(endpoint, p)
             before = self.get_policy(endpoint)
             after = p.model_dump(mode="json", exclude_defaults=True)
             self._save(endpoint, policy=after)
             self.active[endpoint] = Endpoint(self, endpoint, p)
-            self._audit(actor, "policy.set", endpoint, {"before": before, "after": after})
+            entry.update(before=before, after=after)
         log.info("endpoint '%s': traffic policy set by %s: %s", endpoint, actor, _weights(p))
         return after
 
-    def clear_policy(self, endpoint: str, *, actor: str = "api") -> None:
+    def clear_policy(self, endpoint: str, *, actor: str = IN_PROCESS) -> None:
         """Removes the endpoint's policy: its requests go to the model's default version."""
-        with self._lock:
+        with self._lock, self.audited(actor, "policy.clear", endpoint) as entry:
             self._refuse_during_rollout(endpoint, "clear the traffic policy")
             before = self.get_policy(endpoint)
             if before is None and endpoint not in self._saved:
                 raise NotFoundError(f"endpoint '{endpoint}' has no traffic policy")
             self._save(endpoint, policy=None)
             self.active.pop(endpoint, None)
-            self._audit(actor, "policy.clear", endpoint, {"before": before, "after": None})
+            entry.update(before=before, after=None)
         log.info("endpoint '%s': traffic policy cleared by %s", endpoint, actor)
 
     def _refuse_during_rollout(self, endpoint: str, what: str) -> None:
@@ -369,17 +380,21 @@ class TrafficManager:
         inputs: Mapping[str, Any],
         routing: Mapping[str, Any] | None,
         run: Callable[[str, int | str | None], Awaitable[tuple[Any, int]]],
+        on_route: Callable[[str], None] | None = None,
     ) -> tuple[Any, str, int]:
         """Runs one request where it belongs: ``run(model, version)`` does the dispatch and
         returns (outputs, version number that ran). A request that names a version, or whose
         endpoint has no policy, runs on (endpoint, version) as asked; otherwise on the target the
-        policy picks, with its outcome recorded (and shadows fed). Returns (outputs, model,
-        version number). The Runtime and the Ray ingress both serve through this."""
+        policy picks (told to ``on_route`` by its id), with its outcome recorded (and shadows
+        fed). Returns (outputs, model, version number). The Runtime and the Ray ingress both
+        serve through this."""
         ep = self.active.get(endpoint) if version is None else None
         if ep is None:
             outputs, number = await run(endpoint, version)
             return outputs, endpoint, number
         routed = ep.route(routing)
+        if on_route is not None:
+            on_route(routed.target.id)
         try:
             outputs, number = await run(routed.model, routed.version)
         except BaseException as e:
@@ -447,14 +462,14 @@ class TrafficManager:
             return None if r is None else r.as_dict(self.clock())
 
     def start_rollout(
-        self, endpoint: str, spec: RolloutSpec | Mapping[str, Any], *, actor: str = "api"
+        self, endpoint: str, spec: RolloutSpec | Mapping[str, Any], *, actor: str = IN_PROCESS
     ) -> dict[str, Any]:
         """Starts a canary rollout (rollout.py, Note [Rollout gates]) of ``spec.candidate``
         against ``spec.baseline`` (default: the label ``stable`` when the model has one, else
         its default version). The endpoint is split between the two for its duration; sticky
         key and shadows of its policy carry over; the policy is restored on rollback or abort."""
-        s = parse_rollout(spec)
-        with self._lock:
+        with self._lock, self.audited(actor, "rollout.start", endpoint) as entry:
+            s = parse_rollout(spec)
             current = self._rollouts.get(endpoint)
             if current is not None and current.state.active:
                 raise InvalidArgumentError(
@@ -480,8 +495,8 @@ class TrafficManager:
             self._save(endpoint, policy=policy.model_dump(mode="json", exclude_defaults=True), rollout=r.as_dict())
             self._rollouts[endpoint] = r
             self.active[endpoint] = Endpoint(self, endpoint, policy)
-            self._audit(actor, "rollout.start", endpoint, {"before": previous,
-                              "after": r.as_dict(), "detail": {"candidate": r.candidate, "baseline": r.baseline}})
+            entry.update(before=previous, after=r.as_dict(),
+                         detail={"candidate": r.candidate, "baseline": r.baseline})
         log.info("endpoint '%s': rollout of %s against %s started by %s (steps %s, every %.0f s)",
                  endpoint, r.candidate, r.baseline, actor, s.steps, s.step_interval_s)
         self._schedule_ticks()
@@ -544,11 +559,14 @@ class TrafficManager:
                 try:
                     action = r.evaluate(now, lambda r=r: self._view(r, now))
                     if action is not None:
-                        self._apply(r, action, "rollout-controller")
+                        with self.audited("rollout-controller", f"rollout.{action}", name) as entry:
+                            entry.update(self._apply(r, action))
                 except Exception:  # never let one endpoint's bug stop the others' ticks
                     log.exception("endpoint '%s': rollout tick failed", name)
 
-    def _apply(self, r: Rollout, action: str, actor: str) -> None:
+    def _apply(self, r: Rollout, action: str) -> dict[str, Any]:
+        """Saves and applies the policy that ``action`` of ``r`` leads to; returns the audit
+        entry's fields (the caller records it)."""
         name = r.endpoint
         if action in ("rollback", "abort"):
             policy = self._restored_policy(r)
@@ -567,8 +585,7 @@ class TrafficManager:
             self._save(name, policy=policy.model_dump(mode="json", exclude_defaults=True), rollout=r.as_dict())
             self.active[name] = Endpoint(self, name, policy)
             log.info("endpoint '%s': rollout of %s PROMOTED", name, r.candidate)
-        self.store.audit({"actor": actor, "action": f"rollout.{action}", "endpoint": name,
-                          "after": self.get_policy(name), "detail": r.verdict or {"weight": r.weight}})
+        return {"after": self.get_policy(name), "detail": r.verdict or {"weight": r.weight}}
 
     def _restored_policy(self, r: Rollout) -> TrafficPolicy:
         """After a rollback or an abort: the policy the rollout started from, or, when there was
@@ -612,39 +629,40 @@ class TrafficManager:
             )
         return r
 
-    def pause_rollout(self, endpoint: str, *, actor: str = "api") -> dict[str, Any]:
-        """Holds the rollout at its step (failing gates still roll it back)."""
-        with self._lock:
+    def pause_rollout(self, endpoint: str, *, actor: str = IN_PROCESS) -> dict[str, Any]:
+        """Holds the rollout at its step (failing gates still roll it back). Pausing a paused
+        rollout changes nothing (and is recorded as asked)."""
+        with self._lock, self.audited(actor, "rollout.pause", endpoint) as entry:
             r = self._control(endpoint, "pause")
             if r.state is RolloutState.RUNNING:
                 r.pause(self.clock())
                 self._save(endpoint, rollout=r.as_dict())
-                self._audit(actor, "rollout.pause", endpoint, {"detail": {"weight": r.weight}})
+            entry["detail"] = {"weight": r.weight}
             return r.as_dict(self.clock())
 
-    def resume_rollout(self, endpoint: str, *, actor: str = "api") -> dict[str, Any]:
-        with self._lock:
+    def resume_rollout(self, endpoint: str, *, actor: str = IN_PROCESS) -> dict[str, Any]:
+        with self._lock, self.audited(actor, "rollout.resume", endpoint) as entry:
             r = self._control(endpoint, "resume")
             if r.state is RolloutState.PAUSED:
                 r.resume(self.clock())
                 self._save(endpoint, rollout=r.as_dict())
-                self._audit(actor, "rollout.resume", endpoint, {"detail": {"weight": r.weight}})
+            entry["detail"] = {"weight": r.weight}
             return r.as_dict(self.clock())
 
-    def promote_rollout(self, endpoint: str, *, actor: str = "api") -> dict[str, Any]:
+    def promote_rollout(self, endpoint: str, *, actor: str = IN_PROCESS) -> dict[str, Any]:
         """Promotes the candidate now, whatever the step and the gates."""
-        with self._lock:
+        with self._lock, self.audited(actor, "rollout.promote", endpoint) as entry:
             r = self._control(endpoint, "promote")
             r.finish(RolloutState.PROMOTED, actor)
-            self._apply(r, "promote", actor)
+            entry.update(self._apply(r, "promote"))
             return r.as_dict(self.clock())
 
-    def abort_rollout(self, endpoint: str, *, actor: str = "api") -> dict[str, Any]:
+    def abort_rollout(self, endpoint: str, *, actor: str = IN_PROCESS) -> dict[str, Any]:
         """Ends the rollout and restores the policy it started from."""
-        with self._lock:
+        with self._lock, self.audited(actor, "rollout.abort", endpoint) as entry:
             r = self._control(endpoint, "abort")
             r.finish(RolloutState.ABORTED, actor)
-            self._apply(r, "abort", actor)
+            entry.update(self._apply(r, "abort"))
             return r.as_dict(self.clock())
 
     def _schedule_ticks(self) -> None:
@@ -669,21 +687,23 @@ class TrafficManager:
         loop.call_soon_threadsafe(arm)
 
     # --- labels and rollback ---------------------------------------------------------------------
-    def set_label(self, endpoint: str, label: str, version: Any, *, actor: str = "api") -> dict[str, Any]:
+    def set_label(self, endpoint: str, label: str, version: Any, *, actor: str = IN_PROCESS) -> dict[str, Any]:
         """Points ``label`` of model ``endpoint`` at ``version`` (a READY version) at once,
         creating the label if it is new; saved (it outlives a restart, over config.yaml's
         ``labels``, as a promotion's move does) and audited (action ``label``). Returns
         ``{"model", "label", "before", "after"}`` (before: None for a new label)."""
-        number = _version_field(version, f"model '{endpoint}': label '{label}'")
-        with self._lock:
+        with self._lock, self.audited(actor, "label", endpoint) as entry:
+            number = _version_field(version, f"model '{endpoint}': label '{label}'")
             self._refuse_during_rollout(endpoint, f"move label '{label}'")
             before = self.catalog.labels(endpoint).get(label)
+            entry["before"] = {"label": label, "version": before}
             self._require_ready(endpoint, number, f"label '{label}'")
-            self._move_label(endpoint, label, number, before, "label", actor)
+            self._move_label(endpoint, label, number, before, actor)
+            entry["after"] = {"label": label, "version": number}
         return {"model": endpoint, "label": label, "before": before, "after": number}
 
     def rollback(
-        self, endpoint: str, version: Any = None, *, label: str | None = None, actor: str = "api"
+        self, endpoint: str, version: Any = None, *, label: str | None = None, actor: str = IN_PROCESS
     ) -> dict[str, Any]:
         """Points the default version of model ``endpoint`` (or its ``label``, which must exist)
         back at ``version``, or without one at the newest READY version older than the current
@@ -692,13 +712,13 @@ class TrafficManager:
         swap]): it holds until a newer version arrives, and is not saved. Undoing a promotion is
         ``rollback(endpoint, label="stable")``. Returns ``{"model", "label", "before", "after"}``
         (label None: the default version)."""
-        if label is not None and (not isinstance(label, str) or not label):
-            raise InvalidArgumentError(
-                f"model '{endpoint}': rollback: 'label' must be a non-empty string, got {label!r}"
-            )
-        number = None if version is None else _version_field(version, f"model '{endpoint}': rollback")
-        what = f"roll back label '{label}'" if label else "roll back the default version"
-        with self._lock:
+        with self._lock, self.audited(actor, "rollback", endpoint) as entry:
+            if label is not None and (not isinstance(label, str) or not label):
+                raise InvalidArgumentError(
+                    f"model '{endpoint}': rollback: 'label' must be a non-empty string, got {label!r}"
+                )
+            number = None if version is None else _version_field(version, f"model '{endpoint}': rollback")
+            what = f"roll back label '{label}'" if label else "roll back the default version"
             self._refuse_during_rollout(endpoint, what)
             if label is not None:
                 labels = self.catalog.labels(endpoint)
@@ -710,10 +730,12 @@ class TrafficManager:
                     before = self.catalog.resolve(endpoint, None)
                 except UnavailableError:
                     before = None  # no READY default: a rollback may give it one
+            entry["before"] = {"label": label, "version": before}
             if number is not None:
                 self._require_ready(endpoint, number, "rollback")
             if label is not None and number is not None:
-                self._move_label(endpoint, label, number, before, "rollback", actor)
+                self._move_label(endpoint, label, number, before, actor)
+                entry["after"] = {"label": label, "version": number}
                 return {"model": endpoint, "label": label, "before": before, "after": number}
             rollback = getattr(self.catalog, "rollback", None)
             if rollback is None:
@@ -728,8 +750,7 @@ class TrafficManager:
                 except BaseException:  # not on disk: not applied either
                     self.catalog.set_label(endpoint, label, before)
                     raise
-            self._audit(actor, "rollback", endpoint, {"before": {"label": label, "version": before},
-                                                      "after": {"label": label, "version": after}})
+            entry["after"] = {"label": label, "version": after}
         log.warning("model '%s': %s rolled back by %s from version %s to %d", endpoint,
                     f"label '{label}'" if label else "the default version", actor, before, after)
         return {"model": endpoint, "label": label, "before": before, "after": after}
@@ -744,9 +765,8 @@ class TrafficManager:
                 "the version must be READY"
             )
 
-    def _move_label(self, endpoint: str, label: str, version: int, before: int | None, action: str,
-                    actor: str) -> None:
-        """Saves the move first (Note [Traffic state on disk]), then makes it and audits it."""
+    def _move_label(self, endpoint: str, label: str, version: int, before: int | None, actor: str) -> None:
+        """Saves the move first (Note [Traffic state on disk]), then makes it (the caller audits it)."""
         previous = self._saved.get(endpoint)
         self._save(endpoint, labels={**((previous or {}).get("labels") or {}), label: version})
         try:
@@ -758,8 +778,6 @@ class TrafficManager:
             self.store.save(saved)
             self._saved = saved
             raise
-        self._audit(actor, action, endpoint, {"before": {"label": label, "version": before},
-                                              "after": {"label": label, "version": version}})
         log.info("model '%s': label '%s' moved by %s from version %s to %d", endpoint, label, actor, before, version)
 
     # --- audit and metrics -------------------------------------------------------------------------

@@ -13,14 +13,34 @@ repository scan ignores, as it ignores every folder starting with ".") holds:
   over the old one, so a crash leaves the old state or the new one, never half of either. A
   change is applied only once it is on disk: a change that cannot be saved fails and changes
   nothing.
-- ``audit.jsonl``: one JSON object per change (``time``, ``actor``, ``action``, ``endpoint``,
-  ``before``, ``after``, ``detail``), appended and flushed. Label moves (``label``) and rollbacks
-  (``rollback``) record ``{"label", "version"}`` before and after (label None: the default
-  version).
+- ``audit.jsonl``: one JSON object per management action, whoever asked and however it
+  ended (Note [Audit entries]), appended and flushed.
 
 With no directory (``StateStore(None)``) both stay in memory: a Ray ingress whose replicas share
 no disk keeps its state elsewhere.
-"""
+
+Note [Audit entries]
+~~~~~~~~~~~~~~~~~~~~
+Every management action is recorded by one context manager, :meth:`StateStore.recording`
+(``TrafficManager.audited``), around the code that does it: repository ``load`` and ``unload``,
+``settings``, ``policy.set``, ``policy.clear``, ``rollout.start|pause|resume|promote|abort`` (and
+the controller's own ``rollout.advance|rollback|promote``), ``label`` and ``rollback``. Reads
+(policies, readouts, settings, the audit listing) are not recorded. An entry holds ``time``
+(UTC, seconds), ``actor``, ``action``, ``endpoint`` (the model), ``outcome`` (``"success"`` or
+``"failure"``) and the action's own fields: ``before`` and ``after`` (a policy; a label's
+``{"label", "version"}``, label None meaning the default version; a model's ``{"default",
+"versions": {number: state}}``; the settings sections changed) and ``detail``. A failure adds
+``error: {"code", "message"}`` (``code``: the status name of modelserve.errors, e.g.
+``NOT_FOUND``) and keeps the fields known when it failed; the error then propagates unchanged.
+An action is recorded once, where it runs: a frontend records only what it refuses before
+calling the runtime (``refusals``: a body that does not decode), never the action itself.
+
+The actor is given by whoever calls: the frontends pass the ``X-Modelserve-Actor`` header or
+``x-modelserve-actor`` metadata (or a traffic rpc's ``actor`` field), else the mutual-TLS
+client certificate's subject as ``mtls:<subject>`` (gRPC only: uvicorn does not hand the
+certificate to the app), else the peer (``http:<host>``, ``grpc:<peer>``); see
+``server/common.py``'s ``actor_of``. In-process calls default to :data:`IN_PROCESS`, the rollout
+controller is ``rollout-controller``."""
 
 from __future__ import annotations
 
@@ -32,18 +52,22 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import InternalError
+from ..errors import InternalError, ModelserveError
 
-__all__ = ["StateStore", "STATE_FILE", "AUDIT_FILE"]
+__all__ = ["StateStore", "STATE_FILE", "AUDIT_FILE", "IN_PROCESS"]
 
 log = logging.getLogger("modelserve.traffic")
 
 STATE_FILE = "traffic.json"
 AUDIT_FILE = "audit.jsonl"
 _FORMAT = 1
+
+#: The actor of a management action called in-process (Note [Audit entries]).
+IN_PROCESS = "in-process"
 
 
 class StateStore:
@@ -96,8 +120,10 @@ class StateStore:
                 ) from None
 
     def audit(self, entry: dict[str, Any]) -> dict[str, Any]:
-        """Appends ``entry`` (``time`` added) to the audit log; returns it."""
-        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **entry}
+        """Appends ``entry`` (``time`` added; values JSON cannot hold written as text) to the
+        audit log; returns it. Use :meth:`recording` for a management action."""
+        entry = json.loads(json.dumps(
+            {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **entry}, default=str))
         with self._lock:
             self._memory_audit.append(entry)
             if self.directory is not None:
@@ -108,6 +134,25 @@ class StateStore:
                 except OSError as e:  # the change itself is saved: log loudly, do not undo it
                     log.error("cannot append to the audit log in %s: %s", self.directory, e)
         return entry
+
+    @contextlib.contextmanager
+    def recording(
+        self, actor: str, action: str, endpoint: str, *, success: bool = True
+    ) -> Iterator[dict[str, Any]]:
+        """Records the management action run in the ``with`` block (Note [Audit entries]).
+        Yields a dict for the action's own fields (``before``, ``after``, ``detail``). The
+        block's exception is recorded as a failure and propagates unchanged; without one the
+        action is recorded as a success, unless ``success`` is False (a frontend's decoding,
+        whose action the runtime records itself once it runs)."""
+        fields: dict[str, Any] = {}
+        head = {"actor": actor, "action": action, "endpoint": endpoint}
+        try:
+            yield fields
+        except Exception as e:
+            self.audit({**fields, **head, "outcome": "failure", "error": _error(e)})
+            raise
+        if success:
+            self.audit({**fields, **head, "outcome": "success"})
 
     def read_audit(self, endpoint: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """The ``limit`` most recent entries (of ``endpoint`` when given), oldest first."""
@@ -126,3 +171,15 @@ class StateStore:
             entries = [e for e in entries if e.get("endpoint") == endpoint]
         return entries[-limit:] if limit > 0 else []
 
+
+
+def _error(error: BaseException) -> dict[str, str]:
+    """An audit entry's ``error``: the status name of the shared table and the message. An
+    HTTP refusal outside the table (a body too large, an unknown encoding) is INVALID_ARGUMENT;
+    anything that is no modelserve error is INTERNAL, as the frontends answer it."""
+    if not isinstance(error, ModelserveError):
+        return {"code": "INTERNAL", "message": f"{type(error).__name__}: {error}"}
+    code = error.status
+    if code == "UNKNOWN":
+        code = "INVALID_ARGUMENT" if 400 <= error.http_status < 500 else "INTERNAL"
+    return {"code": code, "message": str(error)}
