@@ -33,6 +33,7 @@ from .repository import ModelRepository
 from .repository.repository import ControlMode
 from .traffic import RepositoryCatalog, TrafficManager
 from .traffic.manager import RoutedPending
+from .traffic.store import IN_PROCESS
 
 __all__ = ["Runtime", "Served"]
 
@@ -462,21 +463,54 @@ class Runtime:
         return [e for e in index if e["state"] == "READY"] if ready_only else index
 
     # --- control --------------------------------------------------------------------------------
-    def load_model(self, model: str) -> None:
+    # Note [Audit entries] (traffic/store.py): every method here records its action in the audit
+    # log (``rt.traffic.audit()``) with ``actor`` (in-process by default; the frontends pass theirs)
+    # and its outcome; a failure is recorded, then raised unchanged.
+    def load_model(self, model: str, *, actor: str = IN_PROCESS) -> None:
         """Loads or reloads ``model`` (model control mode ``explicit``)."""
-        self.repository.load(model)
+        with self.traffic.audited(actor, "load", model) as entry:
+            entry["before"] = self._loaded_versions(model)
+            self.repository.load(model)
+            entry["after"] = self._loaded_versions(model)
 
-    def unload_model(self, model: str) -> None:
+    def unload_model(self, model: str, *, actor: str = IN_PROCESS) -> None:
         """Drains and unloads every version of ``model`` (model control mode ``explicit``)."""
-        self.repository.unload(model)
+        with self.traffic.audited(actor, "unload", model) as entry:
+            entry["before"] = self._loaded_versions(model)
+            self.repository.unload(model)
+            entry["after"] = None
 
-    def rollback(self, model: str, version: int | None = None, *, label: str | None = None) -> int:
+    def _loaded_versions(self, model: str) -> dict[str, Any] | None:
+        """The audit log's picture of a model: its default version and each version's state
+        (None: not loaded)."""
+        managed = self.repository.models.get(model)
+        if managed is None:
+            return None
+        described = managed.describe()
+        return {"default": described["default"],
+                "versions": {str(v): info["state"] for v, info in described["versions"].items()}}
+
+    def rollback(
+        self, model: str, version: int | None = None, *, label: str | None = None, actor: str = IN_PROCESS
+    ) -> int:
         """Points the default (or ``label``) at ``version`` (default: the newest READY version
         older than the current one) at once; returns the version now targeted."""
-        return self.repository.get(model).rollback(version, label)
+        with self.traffic.audited(actor, "rollback", model) as entry:
+            managed = self.repository.get(model)
+            routing = managed.describe()
+            before = routing["labels"].get(label) if label else routing["default"]
+            entry["before"] = {"label": label, "version": before}
+            after = managed.rollback(version, label)
+            entry["after"] = {"label": label, "version": after}
+            return after
 
-    def set_label(self, model: str, label: str, version: int) -> None:
-        self.repository.get(model).set_label(label, version)
+    def set_label(self, model: str, label: str, version: int, *, actor: str = IN_PROCESS) -> None:
+        """Points ``label`` at ``version`` (a READY version) at once."""
+        with self.traffic.audited(actor, "label", model) as entry:
+            managed = self.repository.get(model)
+            entry["before"] = {"label": label, "version": managed.describe()["labels"].get(label)}
+            managed.set_label(label, version)
+            entry["after"] = {"label": label, "version": version}
 
     # --- runtime settings (no reload; see modelserve/settings.py) --------------------------------
     def settings(self, model: str, version: Version = None) -> dict[str, Any]:
@@ -486,25 +520,35 @@ class Runtime:
 
     def update_settings(
         self, model: str, version: Version = None, *, instances: Mapping[str, Any] | None = None,
-        dynamic_batching: Mapping[str, Any] | None = None,
+        dynamic_batching: Mapping[str, Any] | None = None, actor: str = IN_PROCESS,
     ) -> dict[str, Any]:
-        """Applies a settings change (both sections checked first); returns the settings now."""
-        mv = self.repository.get(model).lookup(version)
-        return _settings.update(mv, instances=instances, dynamic_batching=dynamic_batching)
+        """Applies a settings change (both sections checked first); returns the settings now.
+        Audited as ``settings``: the changed sections before and after, the change asked for."""
+        with self.traffic.audited(actor, "settings", model) as entry:
+            change = {k: dict(v) for k, v in (("instances", instances), ("dynamic_batching", dynamic_batching)) if v}
+            entry["detail"] = {"version": version, "change": change}
+            mv = self.repository.get(model).lookup(version)
+            entry["detail"]["version"] = mv.version
+            entry["before"] = _settings.changeable(_settings.describe(mv), change)
+            result = _settings.update(mv, instances=instances, dynamic_batching=dynamic_batching)
+            entry["after"] = _settings.changeable(result, change)
+            return result
 
-    def set_batching(self, model: str, version: Version = None, **settings: Any) -> dict[str, Any]:
+    def set_batching(
+        self, model: str, version: Version = None, *, actor: str = IN_PROCESS, **settings: Any
+    ) -> dict[str, Any]:
         """Changes dynamic batching settings (queue delay, queue limits, timeouts, priorities)
         of a serving version at once, losing no request; returns the settings now."""
-        return self.update_settings(model, version, dynamic_batching=settings)
+        return self.update_settings(model, version, dynamic_batching=settings, actor=actor)
 
     def set_instances(
         self, model: str, version: Version = None, *, count: int | None = None, min: int | None = None,
-        max: int | None = None,
+        max: int | None = None, actor: str = IN_PROCESS,
     ) -> dict[str, Any]:
         """Sets the instance count now and/or the autoscaling bounds of a serving version;
         returns the settings now."""
         instances = {k: v for k, v in (("count", count), ("min", min), ("max", max)) if v is not None}
-        return self.update_settings(model, version, instances=instances)
+        return self.update_settings(model, version, instances=instances, actor=actor)
 
     def close(self) -> None:
         """Stops taking requests, finishes those queued, and unloads every model."""

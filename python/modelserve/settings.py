@@ -18,14 +18,14 @@ from config.yaml again. Settings are per version; ``version`` None is the defaul
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .config import ConfigError, DynamicBatchingConfig
 from .engine import BATCHING_KEYS
 from .errors import InvalidArgumentError
 
-__all__ = ["describe", "update", "INSTANCE_KEYS", "BATCHING_KEYS"]
+__all__ = ["describe", "update", "changeable", "INSTANCE_KEYS", "BATCHING_KEYS"]
 
 #: The ``instances`` keys that can change while serving.
 INSTANCE_KEYS = ("count", "min", "max")
@@ -43,6 +43,13 @@ def describe(version: Any) -> dict[str, Any]:
         "dynamic_batching": batching,
         "memory": dict(version.memory),
     }
+
+
+def changeable(settings: Mapping[str, Any], sections: Iterable[str]) -> dict[str, Any]:
+    """The keys that can change of ``sections`` of ``settings`` (what :func:`describe` returns):
+    what the audit log records of a change, before and after."""
+    keys = {"instances": INSTANCE_KEYS, "dynamic_batching": BATCHING_KEYS}
+    return {s: {k: v for k, v in settings.get(s, {}).items() if k in keys[s]} for s in sections if s in keys}
 
 
 def update(

@@ -64,6 +64,7 @@ from ..server.health import Health
 from ..server.http import create_app
 from ..server.traffic_metrics import TrafficCollector
 from ..traffic import Signature, TrafficManager
+from ..traffic.store import IN_PROCESS
 from ._replica import decode_tensors, encode_tensors, raise_remote_error
 
 __all__ = ["ClusterCatalog", "Ingress", "GRPC_UNARY_RPCS", "TRAFFIC_RPCS"]
@@ -370,17 +371,21 @@ class ClusterCatalog:
                 out.append({"name": name, "version": str(v), "state": entry["state"], "reason": entry["reason"]})
         return out
 
-    def load_model(self, model: str) -> None:
-        raise UnimplementedError(
-            f"cannot load model '{model}' through the protocol on a Ray cluster: the application's models are "
-            "those of the repository it was deployed from; change the repository and run `modelserve ray deploy` again"
-        )
+    # Refused management actions are audited as a single server audits them (Note [Audit entries]).
+    def load_model(self, model: str, *, actor: str = IN_PROCESS) -> None:
+        with self.traffic.audited(actor, "load", model):
+            raise UnimplementedError(
+                f"cannot load model '{model}' through the protocol on a Ray cluster: the application's models are "
+                "those of the repository it was deployed from; change the repository and run `modelserve ray deploy` "
+                "again"
+            )
 
-    def unload_model(self, model: str) -> None:
-        raise UnimplementedError(
-            f"cannot unload model '{model}' through the protocol on a Ray cluster: remove it from the repository "
-            "and run `modelserve ray deploy` again"
-        )
+    def unload_model(self, model: str, *, actor: str = IN_PROCESS) -> None:
+        with self.traffic.audited(actor, "unload", model):
+            raise UnimplementedError(
+                f"cannot unload model '{model}' through the protocol on a Ray cluster: remove it from the repository "
+                "and run `modelserve ray deploy` again"
+            )
 
     def settings(self, model: str, version: int | str | None = None) -> dict[str, Any]:
         raise UnimplementedError(
@@ -391,9 +396,10 @@ class ClusterCatalog:
 
     def update_settings(
         self, model: str, version: int | str | None = None, *, instances: Mapping[str, Any] | None = None,
-        dynamic_batching: Mapping[str, Any] | None = None,
+        dynamic_batching: Mapping[str, Any] | None = None, actor: str = IN_PROCESS,
     ) -> dict[str, Any]:
-        return self.settings(model, version)
+        with self.traffic.audited(actor, "settings", model):
+            return self.settings(model, version)
 
 
 # --- metrics ---------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """What the gRPC and HTTP frontends share: wire tensors to core tensors, request parameters,
-authorisation, and the protocol's datatypes. Errors carry the status table of modelserve.errors."""
+authorisation, who makes a management call (the audit log's actor), and the protocol's
+datatypes. Errors carry the status table of modelserve.errors."""
 
 from __future__ import annotations
 
@@ -31,6 +32,10 @@ __all__ = [
     "tensor_values",
     "request_options",
     "check_token",
+    "ACTOR_HEADER",
+    "actor_of",
+    "http_actor",
+    "grpc_actor",
 ]
 
 #: numpy dtype of each datatype's values on the wire; BF16 travels as its 16-bit pattern.
@@ -294,3 +299,62 @@ def check_token(expected: str | None, authorization: str | None, what: str) -> N
         given = authorization[len("Bearer ") :].strip()
     if not hmac.compare_digest(given.encode(), expected.encode()):
         raise PermissionDeniedError(f"{what} needs a valid bearer token (Authorization: Bearer <token>)")
+
+
+# --- the audit log's actor ------------------------------------------------------------------------
+
+#: The HTTP header and gRPC metadata key that name who makes a management call.
+ACTOR_HEADER = "x-modelserve-actor"
+#: A named actor longer than this is cut (the audit log keeps one line per action).
+MAX_ACTOR_CHARS = 200
+
+
+def actor_of(given: str | None, peer: str, tls_subject: str | None = None) -> str:
+    """Note [Audit actor]
+    ~~~~~~~~~~~~~~~~~~~~
+    Who made a management call, as the audit log records it (traffic/store.py, Note [Audit
+    entries]), first of: the name the caller ``given`` (the ``X-Modelserve-Actor`` header, the
+    ``x-modelserve-actor`` metadata, a traffic rpc's ``actor`` field), cut to 200 characters;
+    ``mtls:<subject>`` when the caller presented a client certificate that mutual TLS verified;
+    the ``peer`` (``http:<host>``, ``grpc:<peer>``). A named actor is the caller's claim: with
+    mutual TLS the verified subject is only recorded when the caller names nobody. HTTP has no
+    ``mtls:`` step: uvicorn does not hand the client certificate to the app (it implements no
+    ASGI TLS extension), so an HTTP caller without the header is its address."""
+    given = (given or "").strip()
+    if given:
+        return given[:MAX_ACTOR_CHARS]
+    if tls_subject:
+        return f"mtls:{tls_subject}"
+    return peer
+
+
+def http_actor(request: Any) -> str:
+    """:func:`actor_of` for a Starlette request."""
+    client = request.client.host if request.client else "unknown"
+    return actor_of(request.headers.get(ACTOR_HEADER), f"http:{client}")
+
+
+def grpc_actor(context: Any, given: str = "") -> str:
+    """:func:`actor_of` for a gRPC call (``context``: a grpc.aio ServicerContext, or the Ray
+    ingress's stand-in, which has no ``auth_context``); ``given``: the rpc's own ``actor``
+    field, which comes before the metadata."""
+    if not given.strip():
+        for key, value in context.invocation_metadata() or ():
+            if key == ACTOR_HEADER:
+                given = value if isinstance(value, str) else value.decode("utf-8", "replace")
+                break
+    return actor_of(given, f"grpc:{context.peer()}", _tls_subject(context))
+
+
+def _tls_subject(context: Any) -> str | None:
+    """The verified client certificate's subject (else its common name) of a mutual-TLS call,
+    e.g. ``O=Example,CN=deployer`` (RFC 2253, as gRPC writes it); None without one. gRPC core
+    puts them in the call's auth context as ``x509_subject`` and ``x509_common_name``."""
+    auth_context = getattr(context, "auth_context", None)
+    properties = auth_context() if auth_context is not None else None
+    for key in ("x509_subject", "x509_common_name"):
+        values = (properties or {}).get(key)
+        if values:
+            value = values[0]
+            return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return None

@@ -122,7 +122,7 @@ from ..errors import (
     UnimplementedError,
 )
 from ..tensor import Tensor
-from .common import EXTENSIONS, ServerOptions, check_token, request_options
+from .common import EXTENSIONS, ServerOptions, check_token, grpc_actor, request_options
 from .health import Health
 from .runtime_api import ServingRuntime
 
@@ -533,23 +533,29 @@ class GrpcFrontend:
                           reason=e.get("reason") or "") for e in index]
         )
 
+    # Load and unload are audited by the runtime (Note [Audit entries] in traffic/store.py); a
+    # request refused here, before the runtime is called, is recorded as the action's failure.
     async def _repository_load(self, request: Any, context: Any) -> Any:
-        _check_model_name(request.model_name)
-        _one_repository(request.repository_name)
-        overrides = sorted(k for k in request.parameters if k == "config" or k.startswith("file:"))
-        if overrides:
-            raise UnimplementedError(
-                f"model '{request.model_name}': loading with {', '.join(overrides)} is not supported; "
-                f"models load from the served repository as they are on disk"
-            )
-        await asyncio.to_thread(self.runtime.load_model, request.model_name)
+        actor = grpc_actor(context)
+        with self.runtime.traffic.refusals(actor, "load", request.model_name):
+            _check_model_name(request.model_name)
+            _one_repository(request.repository_name)
+            overrides = sorted(k for k in request.parameters if k == "config" or k.startswith("file:"))
+            if overrides:
+                raise UnimplementedError(
+                    f"model '{request.model_name}': loading with {', '.join(overrides)} is not supported; "
+                    f"models load from the served repository as they are on disk"
+                )
+        await asyncio.to_thread(self.runtime.load_model, request.model_name, actor=actor)
         return pb.RepositoryModelLoadResponse()
 
     async def _repository_unload(self, request: Any, context: Any) -> Any:
-        _check_model_name(request.model_name)
-        _one_repository(request.repository_name)
+        actor = grpc_actor(context)
+        with self.runtime.traffic.refusals(actor, "unload", request.model_name):
+            _check_model_name(request.model_name)
+            _one_repository(request.repository_name)
         # unload_dependents: no model depends on another (no ensembles), so it changes nothing.
-        await asyncio.to_thread(self.runtime.unload_model, request.model_name)
+        await asyncio.to_thread(self.runtime.unload_model, request.model_name, actor=actor)
         return pb.RepositoryModelUnloadResponse()
 
     # --- not implemented ------------------------------------------------------------------------

@@ -94,6 +94,7 @@ from .common import (
     NUMPY_DTYPES,
     ServerOptions,
     check_token,
+    http_actor,
     request_options,
     tensor_from_values,
     tensor_values,
@@ -654,24 +655,30 @@ class _Api:
         # Models that are not loaded have no version: the key is left out, as Triton does.
         return _json_reply([{k: v for k, v in e.items() if not (k == "version" and v == "")} for e in index])
 
+    # Load and unload are audited by the runtime (Note [Audit entries] in traffic/store.py); a
+    # request refused here, before the runtime is called, is recorded as the action's failure.
     async def load(self, request: Request) -> _Reply:
-        model, _ = self._target(request)
-        params = _parameters(await self._json_body(request, f"load of model '{model}'"), f"load of model '{model}'")
-        overrides = sorted(k for k in params if k == "config" or k.startswith("file:"))
-        if overrides:
-            raise _HttpError(
-                501, f"load of model '{model}': overriding {', '.join(overrides)} is not supported; "
-                "change the model repository instead",
-            )
-        await asyncio.to_thread(self.runtime.load_model, model)
+        actor = http_actor(request)
+        with self.runtime.traffic.refusals(actor, "load", request.path_params["model"]):
+            model, _ = self._target(request)
+            params = _parameters(await self._json_body(request, f"load of model '{model}'"), f"load of model '{model}'")
+            overrides = sorted(k for k in params if k == "config" or k.startswith("file:"))
+            if overrides:
+                raise UnimplementedError(
+                    f"load of model '{model}': overriding {', '.join(overrides)} is not supported; "
+                    "change the model repository instead"
+                )
+        await asyncio.to_thread(self.runtime.load_model, model, actor=actor)
         return _Reply(200)
 
     async def unload(self, request: Request) -> _Reply:
-        model, _ = self._target(request)
-        # unload_dependents is accepted and has nothing to act on: no model depends on another.
-        _flag(_parameters(await self._json_body(request, f"unload of model '{model}'"), "unload"),
-              "unload_dependents", False, f"unload of model '{model}'")
-        await asyncio.to_thread(self.runtime.unload_model, model)
+        actor = http_actor(request)
+        with self.runtime.traffic.refusals(actor, "unload", request.path_params["model"]):
+            model, _ = self._target(request)
+            # unload_dependents is accepted and has nothing to act on: no model depends on another.
+            _flag(_parameters(await self._json_body(request, f"unload of model '{model}'"), "unload"),
+                  "unload_dependents", False, f"unload of model '{model}'")
+        await asyncio.to_thread(self.runtime.unload_model, model, actor=actor)
         return _Reply(200)
 
     # --- inference -------------------------------------------------------------------------------

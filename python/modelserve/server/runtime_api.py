@@ -26,6 +26,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from ..traffic.store import IN_PROCESS
+
 if TYPE_CHECKING:
     from ..runtime import Served
     from ..traffic import TrafficManager
@@ -83,14 +85,16 @@ class ServingRuntime(Protocol):
 
     def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]: ...
 
-    def load_model(self, model: str) -> None: ...
+    # Management actions take the ``actor`` the audit log records (traffic/store.py, Note [Audit
+    # entries]): the frontends pass who called; in-process callers are "in-process".
+    def load_model(self, model: str, *, actor: str = IN_PROCESS) -> None: ...
 
-    def unload_model(self, model: str) -> None: ...
+    def unload_model(self, model: str, *, actor: str = IN_PROCESS) -> None: ...
 
     # --- runtime settings (server/settings_routes.py) ----------------------------------------
     def settings(self, model: str, version: Version = None) -> dict[str, Any]: ...
 
     def update_settings(
         self, model: str, version: Version = None, *, instances: Mapping[str, Any] | None = None,
-        dynamic_batching: Mapping[str, Any] | None = None,
+        dynamic_batching: Mapping[str, Any] | None = None, actor: str = IN_PROCESS,
     ) -> dict[str, Any]: ...

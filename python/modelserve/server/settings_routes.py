@@ -12,6 +12,9 @@ version's runtime settings (modelserve/settings.py).
 Both answer the settings as they are after the call (JSON). PATCH needs the admin token when the
 server has one (like repository load/unload). Errors use the shared table (400 for a bad key or
 value, 404 for an unknown model or version, 429 when the memory budget refuses more instances).
+A PATCH is audited (action ``settings``) by the runtime; a body refused here, before the runtime
+is called, is recorded as its failure; the actor is the ``X-Modelserve-Actor`` header, else
+``http:<client address>`` (common.py, Note [Audit actor]).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..errors import InvalidArgumentError
+from .common import http_actor
 from .runtime_api import ServingRuntime
 
 __all__ = ["SETTINGS_PREFIX", "settings_routes"]
@@ -49,23 +53,26 @@ def settings_routes(runtime: ServingRuntime) -> list[tuple[str, Callable[[Reques
 
     async def patch(request: Request) -> Response:
         model, version = target(request)
+        actor = http_actor(request)
         what = f"settings of model '{model}'" + (f" version {version}" if version else "")
-        try:
-            body = json.loads(await request.body() or b"{}")
-        except ValueError as e:
-            raise InvalidArgumentError(f"{what}: the body is not valid JSON: {e}") from None
-        if not isinstance(body, dict):
-            raise InvalidArgumentError(f"{what}: the body must be a JSON object")
-        unknown = sorted(set(body) - {"instances", "dynamic_batching"})
-        if unknown:
-            raise InvalidArgumentError(f"{what}: unknown section(s) {unknown}; expected instances, dynamic_batching")
-        for section in ("instances", "dynamic_batching"):
-            if not isinstance(body.get(section, {}), dict):
-                raise InvalidArgumentError(f"{what}: '{section}' must be a JSON object")
+        with runtime.traffic.refusals(actor, "settings", model):
+            try:
+                body = json.loads(await request.body() or b"{}")
+            except ValueError as e:
+                raise InvalidArgumentError(f"{what}: the body is not valid JSON: {e}") from None
+            if not isinstance(body, dict):
+                raise InvalidArgumentError(f"{what}: the body must be a JSON object")
+            unknown = sorted(set(body) - {"instances", "dynamic_batching"})
+            if unknown:
+                raise InvalidArgumentError(
+                    f"{what}: unknown section(s) {unknown}; expected instances, dynamic_batching")
+            for section in ("instances", "dynamic_batching"):
+                if not isinstance(body.get(section, {}), dict):
+                    raise InvalidArgumentError(f"{what}: '{section}' must be a JSON object")
         # Scaling waits for instances to start or finish their batches: off the event loop.
         result = await asyncio.to_thread(
             runtime.update_settings, model, version,
-            instances=body.get("instances"), dynamic_batching=body.get("dynamic_batching"),
+            instances=body.get("instances"), dynamic_batching=body.get("dynamic_batching"), actor=actor,
         )
         return _json(result)
 

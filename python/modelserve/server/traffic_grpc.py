@@ -3,7 +3,11 @@ rollouts, readouts, labels, rollback and the audit log, served by the gRPC front
 inference service.
 Handlers only translate: JSON text in, ``runtime.traffic`` (a TrafficManager), JSON text out.
 Reads need the inference token when one is set, changes the admin token (else the inference
-token), as over HTTP. The audit actor is the request's ``actor``, else ``grpc:<peer>``."""
+token), as over HTTP. Every change is audited by the traffic manager, its refusals included; a
+request refused here, before the manager is called, is recorded as the change's failure. The
+actor is the request's ``actor``, else the ``x-modelserve-actor`` metadata, else
+``mtls:<client certificate subject>`` under mutual TLS, else ``grpc:<peer>`` (common.py, Note
+[Audit actor])."""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import grpc
 
 from .._proto import modelserve_pb2 as pb
 from ..errors import InvalidArgumentError, NotFoundError
+from .common import grpc_actor
 
 if TYPE_CHECKING:
     from .grpc import GrpcFrontend
@@ -45,7 +50,7 @@ def _model(request: Any) -> str:
 
 
 def _actor(request: Any, context: grpc.aio.ServicerContext) -> str:
-    return request.actor.strip()[:200] or f"grpc:{context.peer()}"
+    return grpc_actor(context, request.actor)
 
 
 def traffic_handler(frontend: GrpcFrontend) -> grpc.GenericRpcHandler:
@@ -58,6 +63,11 @@ def traffic_method_handlers(frontend: GrpcFrontend) -> dict[str, grpc.RpcMethodH
     authorisation, message size limits and error mapping)."""
     traffic = frontend.runtime.traffic
 
+    def refusals(request: Any, context: Any, action: str) -> Any:
+        """Records a refusal of the request here as a failed ``action`` (the manager records the
+        rest)."""
+        return traffic.refusals(_actor(request, context), action, request.model)
+
     async def get_policy(request: Any, context: Any) -> Any:
         model = _model(request)
         policy = traffic.get_policy(model)
@@ -66,13 +76,15 @@ def traffic_method_handlers(frontend: GrpcFrontend) -> dict[str, grpc.RpcMethodH
         return _json({"endpoint": model, "policy": policy})
 
     async def set_policy(request: Any, context: Any) -> Any:
-        model = _model(request)
-        policy = _parse(request.policy_json, f"policy_json of model '{model}'")
+        with refusals(request, context, "policy.set"):
+            model = _model(request)
+            policy = _parse(request.policy_json, f"policy_json of model '{model}'")
         return _json({"endpoint": model, "policy": await asyncio.to_thread(
             traffic.set_policy, model, policy, actor=_actor(request, context))})
 
     async def clear_policy(request: Any, context: Any) -> Any:
-        model = _model(request)
+        with refusals(request, context, "policy.clear"):
+            model = _model(request)
         await asyncio.to_thread(traffic.clear_policy, model, actor=_actor(request, context))
         return _json({"endpoint": model, "policy": None})
 
@@ -83,8 +95,9 @@ def traffic_method_handlers(frontend: GrpcFrontend) -> dict[str, grpc.RpcMethodH
         return _json(await asyncio.to_thread(traffic.readout, model, request.window_s or None))
 
     async def start_rollout(request: Any, context: Any) -> Any:
-        model = _model(request)
-        spec = _parse(request.rollout_json, f"rollout_json of model '{model}'")
+        with refusals(request, context, "rollout.start"):
+            model = _model(request)
+            spec = _parse(request.rollout_json, f"rollout_json of model '{model}'")
         return _json(await asyncio.to_thread(traffic.start_rollout, model, spec, actor=_actor(request, context)))
 
     async def get_rollout(request: Any, context: Any) -> Any:
@@ -96,8 +109,10 @@ def traffic_method_handlers(frontend: GrpcFrontend) -> dict[str, grpc.RpcMethodH
 
     def action(name: str) -> Any:
         async def run(request: Any, context: Any) -> Any:
+            with refusals(request, context, f"rollout.{name}"):
+                model = _model(request)
             method = getattr(traffic, f"{name}_rollout")
-            return _json(await asyncio.to_thread(method, _model(request), actor=_actor(request, context)))
+            return _json(await asyncio.to_thread(method, model, actor=_actor(request, context)))
 
         return run
 
@@ -106,16 +121,18 @@ def traffic_method_handlers(frontend: GrpcFrontend) -> dict[str, grpc.RpcMethodH
         return pb.AuditResponse(entries_json=[json.dumps(e, separators=(",", ":")) for e in entries])
 
     async def set_label(request: Any, context: Any) -> Any:
-        model = _model(request)
-        if not request.label:
-            raise InvalidArgumentError(f"SetLabel of model '{model}': label is empty; name the label")
-        if request.version == 0:
-            raise InvalidArgumentError(f"SetLabel of model '{model}': version is required (a version number)")
+        with refusals(request, context, "label"):
+            model = _model(request)
+            if not request.label:
+                raise InvalidArgumentError(f"SetLabel of model '{model}': label is empty; name the label")
+            if request.version == 0:
+                raise InvalidArgumentError(f"SetLabel of model '{model}': version is required (a version number)")
         return _json(await asyncio.to_thread(traffic.set_label, model, request.label, request.version,
                                              actor=_actor(request, context)))
 
     async def rollback(request: Any, context: Any) -> Any:
-        model = _model(request)
+        with refusals(request, context, "rollback"):
+            model = _model(request)
         return _json(await asyncio.to_thread(traffic.rollback, model, request.version or None,
                                              label=request.label or None, actor=_actor(request, context)))
 

@@ -17,9 +17,11 @@ Handlers only translate: decode, call ``runtime.traffic`` (a TrafficManager), en
 
 The last two answer ``{"model", "label", "before", "after"}`` (label null: the default version).
 Changes need the admin token when one is set (else the inference token), reads the inference
-token. The actor recorded in the audit log is the ``X-Modelserve-Actor`` header, else
-``http:<client address>``. Errors use the shared status table: an invalid policy or body is 400,
-an unknown model, version or label 404, a target that is not READY 503.
+token. Every change is audited by the traffic manager, its refusals included; a body refused
+here, before the manager is called, is recorded as the change's failure. The actor is the
+``X-Modelserve-Actor`` header, else ``http:<client address>`` (common.py, Note [Audit actor]).
+Errors use the shared status table: an invalid policy or body is 400, an unknown model, version
+or label 404, a target that is not READY 503.
 """
 
 from __future__ import annotations
@@ -32,19 +34,11 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from ..errors import InvalidArgumentError, NotFoundError
+from .common import http_actor
 
-__all__ = ["traffic_routes", "ACTOR_HEADER"]
+__all__ = ["traffic_routes"]
 
-ACTOR_HEADER = "x-modelserve-actor"
 ACTIONS = ("pause", "resume", "promote", "abort")
-
-
-def _actor(request: Request) -> str:
-    given = request.headers.get(ACTOR_HEADER, "").strip()
-    if given:
-        return given[:200]
-    client = request.client.host if request.client else "unknown"
-    return f"http:{client}"
 
 
 def _query_number(request: Request, key: str, kind: type, what: str) -> Any:
@@ -83,15 +77,22 @@ def traffic_routes(api: Any, route: Callable[..., Route], read_auth: Any, change
             api.runtime.model_versions(model)  # an unknown model is a 404, not an empty policy
         return _json_reply({"endpoint": model, "policy": policy})
 
+    def refusals(request: Request, action: str) -> Any:
+        """Records a refusal of the request's body as a failed ``action`` (the manager records
+        the rest)."""
+        return traffic.refusals(http_actor(request), action, request.path_params["model"])
+
     async def set_policy(request: Request) -> Any:
-        model, _ = api._target(request)
-        body = await api._json_body(request, f"traffic policy of model '{model}'")
-        policy = await asyncio.to_thread(traffic.set_policy, model, body, actor=_actor(request))
+        with refusals(request, "policy.set"):
+            model, _ = api._target(request)
+            body = await api._json_body(request, f"traffic policy of model '{model}'")
+        policy = await asyncio.to_thread(traffic.set_policy, model, body, actor=http_actor(request))
         return _json_reply({"endpoint": model, "policy": policy})
 
     async def clear_policy(request: Request) -> Any:
-        model, _ = api._target(request)
-        await asyncio.to_thread(traffic.clear_policy, model, actor=_actor(request))
+        with refusals(request, "policy.clear"):
+            model, _ = api._target(request)
+        await asyncio.to_thread(traffic.clear_policy, model, actor=http_actor(request))
         return _json_reply({"endpoint": model, "policy": None})
 
     async def readout(request: Request) -> Any:
@@ -113,34 +114,38 @@ def traffic_routes(api: Any, route: Callable[..., Route], read_auth: Any, change
         return _json_reply(status)
 
     async def start_rollout(request: Request) -> Any:
-        model, _ = api._target(request)
-        body = await api._json_body(request, f"rollout of model '{model}'")
-        return _json_reply(await asyncio.to_thread(traffic.start_rollout, model, body, actor=_actor(request)))
+        with refusals(request, "rollout.start"):
+            model, _ = api._target(request)
+            body = await api._json_body(request, f"rollout of model '{model}'")
+        return _json_reply(await asyncio.to_thread(traffic.start_rollout, model, body, actor=http_actor(request)))
 
     async def rollout_action(request: Request) -> Any:
-        model, _ = api._target(request)
         action = request.path_params["action"]
-        if action not in ACTIONS:
+        if action not in ACTIONS:  # no such route: nothing was asked of the rollout
             raise NotFoundError(f"no rollout action '{action}'; expected one of {', '.join(ACTIONS)}")
+        with refusals(request, f"rollout.{action}"):
+            model, _ = api._target(request)
         method = getattr(traffic, f"{action}_rollout")
-        return _json_reply(await asyncio.to_thread(method, model, actor=_actor(request)))
+        return _json_reply(await asyncio.to_thread(method, model, actor=http_actor(request)))
 
     async def set_label(request: Request) -> Any:
-        model, _ = api._target(request)
-        label = request.path_params["label"]
-        what = f"label '{label}' of model '{model}'"
-        body = _fields(await api._json_body(request, what), ("version",), what)
-        if "version" not in body:
-            raise InvalidArgumentError(f"{what}: the request body needs 'version', e.g. {{\"version\": 2}}")
+        with refusals(request, "label"):
+            model, _ = api._target(request)
+            label = request.path_params["label"]
+            what = f"label '{label}' of model '{model}'"
+            body = _fields(await api._json_body(request, what), ("version",), what)
+            if "version" not in body:
+                raise InvalidArgumentError(f"{what}: the request body needs 'version', e.g. {{\"version\": 2}}")
         return _json_reply(await asyncio.to_thread(traffic.set_label, model, label, body["version"],
-                                                   actor=_actor(request)))
+                                                   actor=http_actor(request)))
 
     async def rollback(request: Request) -> Any:
-        model, _ = api._target(request)
-        what = f"rollback of model '{model}'"
-        body = _fields(await api._json_body(request, what), ("version", "label"), what)
+        with refusals(request, "rollback"):
+            model, _ = api._target(request)
+            what = f"rollback of model '{model}'"
+            body = _fields(await api._json_body(request, what), ("version", "label"), what)
         return _json_reply(await asyncio.to_thread(traffic.rollback, model, body.get("version"),
-                                                   label=body.get("label"), actor=_actor(request)))
+                                                   label=body.get("label"), actor=http_actor(request)))
 
     base = "/v2/models/{model}"
     return [
