@@ -213,6 +213,10 @@ def test_runtime_settings_are_refused_with_the_way_to_change_them(app):
             _http_json(app, method, "/modelserve/v1/models/add_sub/settings", body)
         assert refused.value.code == 501
         assert "modelserve ray deploy" in json.loads(refused.value.read())["error"]
+    # The refused change is in the ingress's audit log, as a single server records it (reads are not).
+    entry = _http_json(app, "GET", "/v2/models/add_sub/traffic/audit?limit=1")["entries"][-1]
+    assert (entry["action"], entry["outcome"], entry["error"]["code"]) == ("settings", "failure", "UNIMPLEMENTED")
+    assert entry["actor"] == "http:127.0.0.1"
 
 
 # --- placement and metrics ---------------------------------------------------------------------
