@@ -1,6 +1,7 @@
 #include "exec/executor.h"
 
 #include <algorithm>
+#include <atomic>
 
 #include "cuda/cuda_runtime.h"
 #include "exec/gather.h"
@@ -9,6 +10,8 @@
 namespace modelserve {
 
 namespace {
+std::atomic<uint64_t> next_batch_id{1};  // unique across every model of the process
+
 int64_t elapsed_ns(Clock::time_point from, Clock::time_point to) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(to - from).count();
 }
@@ -33,6 +36,7 @@ struct Executor::InFlight {
   TensorList device_buffers;  // kept alive until the copies are done
   std::unique_ptr<EventSet> events;
   RequestTimings timings;
+  Clock::time_point start;  // the instance started the batch
   Clock::time_point infer_end;
 };
 
@@ -341,7 +345,7 @@ void Executor::run_batch(Instance& inst, Batch& batch) {
   }
   timings.compute_input_ns = elapsed_ns(start, t0);
   timings.compute_infer_ns = elapsed_ns(t0, t1);
-  finish(inst, batch, outputs, timings, failure);
+  finish(inst, batch, outputs, timings, start, failure);
 }
 
 void Executor::run_batch_on_device(Instance& inst, Batch& batch) {
@@ -354,7 +358,7 @@ void Executor::run_batch_on_device(Instance& inst, Batch& batch) {
     }
   }
   Status failure;
-  const auto start = Clock::now();
+  const auto start = job.start = Clock::now();
   auto t0 = start;
   // Declared out here so that, on failure, they outlive the stream synchronisation below: the
   // device may still be reading them.
@@ -402,7 +406,7 @@ void Executor::run_batch_on_device(Instance& inst, Batch& batch) {
   job.timings.compute_infer_ns = elapsed_ns(t0, job.infer_end);
   if (!failure.is_ok()) {
     job.outputs.clear();
-    finish(inst, batch, job.outputs, job.timings, failure);
+    finish(inst, batch, job.outputs, job.timings, start, failure);
     if (job.events) {
       std::lock_guard<std::mutex> lock(inst.completer_mutex);
       inst.spare_events.push_back(std::move(job.events));
@@ -438,16 +442,22 @@ void Executor::completer(Instance* inst) {
     for (auto& out : job.outputs) out.tensor.buffer()->set_release_stream({});  // the host owns them now
     job.device_buffers.clear();
     job.timings.compute_output_ns = elapsed_ns(start, Clock::now());
-    finish(*inst, job.batch, job.outputs, job.timings, failure);
+    finish(*inst, job.batch, job.outputs, job.timings, job.start, failure);
     std::lock_guard<std::mutex> lock(inst->completer_mutex);
     inst->spare_events.push_back(std::move(job.events));
   }
 }
 
 void Executor::finish(Instance& inst, Batch& batch, const TensorList& outputs, const RequestTimings& batch_timings,
-                      const Status& failure) {
+                      Clock::time_point start, const Status& failure) {
   const auto scatter_start = Clock::now();
   const bool batching = config_.max_batch_size > 0;
+  BatchTrace trace;  // Note [Request spans]
+  trace.batch_id = next_batch_id.fetch_add(1, std::memory_order_relaxed);
+  trace.dispatch_ns = Request::steady_ns(batch.dispatch_time);
+  trace.compute_start_ns = Request::steady_ns(start);
+  trace.batch_requests = static_cast<uint32_t>(batch.requests.size());
+  for (const auto& r : batch.requests) trace.batch_traced += r->traced ? 1 : 0;
   uint64_t ok = 0;
   std::map<std::string, uint64_t> failed;
   std::vector<Response> responses(batch.requests.size());
@@ -494,14 +504,19 @@ void Executor::finish(Instance& inst, Batch& batch, const TensorList& outputs, c
     Request& r = *batch.requests[i];
     responses[i].timings = t;
     responses[i].timings.queue_ns = elapsed_ns(r.enqueue_time, batch.dispatch_time);
+    responses[i].trace = trace;
+    responses[i].trace.enqueue_ns = Request::steady_ns(r.enqueue_time);
+    if (r.keep_inputs) responses[i].inputs = r.inputs;
     if (responses[i].status.is_ok()) {
       ++ok;
     } else {
       failed[status_code_name(responses[i].status.code)] += 1;
     }
   }
+  std::shared_ptr<DriftMonitor> drift;
   {
     std::lock_guard<std::mutex> lock(stats_mutex_);
+    drift = drift_;
     stats_.success_count += ok;
     for (const auto& [code, n] : failed) {
       stats_.failure_count += n;
@@ -542,6 +557,8 @@ void Executor::finish(Instance& inst, Batch& batch, const TensorList& outputs, c
   // an instance that must recover first (Backend::needs_recovery) stays busy until it has.
   const bool recover = !failure.is_ok() && inst.backend->needs_recovery();
   if (!recover) free_slot();
+  // Before the completions: a caller may reuse its input arrays once its request completes.
+  if (drift) drift->observe(batch.requests);
   for (size_t i = 0; i < batch.requests.size(); ++i) batch.requests[i]->complete(std::move(responses[i]));
   batch.requests.clear();
   if (recover && std::this_thread::get_id() == inst.thread.get_id()) {
@@ -560,6 +577,11 @@ void Executor::record_failure(StatusCode code) {
   std::lock_guard<std::mutex> lock(stats_mutex_);
   stats_.failure_count += 1;
   stats_.failures[status_code_name(code)] += 1;
+}
+
+void Executor::set_drift_monitor(std::shared_ptr<DriftMonitor> monitor) {
+  std::lock_guard<std::mutex> lock(stats_mutex_);
+  drift_ = std::move(monitor);
 }
 
 ModelStats Executor::stats() const {

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "exec/backend.h"
+#include "monitor/drift_monitor.h"
 #include "sched/dynamic_batcher.h"
 
 namespace modelserve {
@@ -141,6 +142,8 @@ class Executor final : public BatchSink {
   // Statistics; the batcher's queue length is added by the owner (Model).
   ModelStats stats() const;
   void record_failure(StatusCode code);  // a request failed before dispatch (timeout, cancel)
+  // Every batch's inputs are counted by `monitor` from now on (Note [Input drift]); null: none.
+  void set_drift_monitor(std::shared_ptr<DriftMonitor> monitor);
 
  private:
   struct Instance;
@@ -150,8 +153,9 @@ class Executor final : public BatchSink {
   void completer(Instance* instance);
   void run_batch(Instance& instance, Batch& batch);
   void run_batch_on_device(Instance& instance, Batch& batch);
+  // `start`: when the instance started the batch (Note [Request spans]).
   void finish(Instance& instance, Batch& batch, const TensorList& outputs, const RequestTimings& timings,
-              const Status& failure);
+              Clock::time_point start, const Status& failure);
   TensorList gather_inputs(const Batch& batch, const std::shared_ptr<MemoryResource>& resource,
                            StreamView stream) const;
   // The batch inputs of requests with these inputs, in order (one tensor per input name).
@@ -175,6 +179,7 @@ class Executor final : public BatchSink {
 
   mutable std::mutex stats_mutex_;  // taken after mutex_ when both are held (Note [Count before publishing])
   ModelStats stats_;  // guarded by stats_mutex_
+  std::shared_ptr<DriftMonitor> drift_;  // guarded by stats_mutex_
 };
 
 }  // namespace modelserve

@@ -66,6 +66,8 @@ class Model {
   // instances. A drain_timeout of zero waits as long as the queue takes.
   void shutdown(bool drain, std::chrono::nanoseconds drain_timeout = std::chrono::nanoseconds::zero());
   ModelStats stats() const;
+  // Counts every batch's inputs from now on (Note [Input drift]); null stops.
+  void set_drift_monitor(std::shared_ptr<DriftMonitor> monitor) { executor_.set_drift_monitor(std::move(monitor)); }
 
  private:
   void check_request(const Request& request) const;

@@ -21,6 +21,7 @@
 #include "memory/host_resource.h"
 #include "memory/pool_resource.h"
 #include "memory/shm_resource.h"
+#include "monitor/drift_monitor.h"
 #include "protocol/infer_codec.h"
 #include "python/completion_queue.h"
 #include "python/dlpack.h"
@@ -162,13 +163,18 @@ RequestPtr request_of(const py::dict& inputs, std::vector<std::string> outputs) 
 // Enqueues `request` on `model` with a RequestState that the completion fills (and, when given,
 // `queue` is told of, with `tag`); Model::submit's checks apply. Returns the state (Pending).
 // `caller_runs`: the caller waits for it and may run it (Note [Caller runs]); needs no GIL.
+// `observe`: kTraced and/or kKeepInputs (Note [Request spans]).
+enum Observe : int { kTraced = 1, kKeepInputs = 2 };
+
 std::shared_ptr<RequestState> submit_request(const std::shared_ptr<Model>& model, RequestPtr request,
                                              uint32_t priority, int64_t timeout_us,
                                              std::shared_ptr<CompletionQueue> queue, int64_t tag,
-                                             bool caller_runs = false) {
+                                             bool caller_runs = false, int observe = 0) {
   request->priority = priority;
   request->timeout_us = timeout_us;
   request->caller_runs = caller_runs;
+  request->traced = (observe & kTraced) != 0;
+  request->keep_inputs = (observe & kKeepInputs) != 0;
   auto state = std::make_shared<RequestState>();
   state->tag = tag;
   state->queue = std::move(queue);
@@ -457,6 +463,51 @@ PYBIND11_MODULE(_core, m) {
         return d;
       });
 
+  // --- input drift (Note [Input drift]) ---
+  py::class_<DriftMonitor, std::shared_ptr<DriftMonitor>>(m, "DriftMonitor")
+      .def(py::init([](std::string model, std::vector<std::tuple<std::string, std::string, Shape>> inputs, bool batched,
+                       int64_t reference_requests, int64_t window_requests, int64_t max_features,
+                       int64_t rows_per_request) {
+             std::vector<DriftInputSpec> specs;
+             for (auto& [name, dtype, dims] : inputs) specs.push_back({name, parse_datatype(dtype), dims});
+             DriftOptions o;
+             o.reference_requests = reference_requests;
+             o.window_requests = window_requests;
+             o.max_features = max_features;
+             o.rows_per_request = rows_per_request;
+             return std::make_shared<DriftMonitor>(std::move(model), std::move(specs), batched, o);
+           }),
+           py::arg("model"), py::arg("inputs"), py::kw_only(), py::arg("batched"), py::arg("reference_requests") = 1000,
+           py::arg("window_requests") = 1000, py::arg("max_features") = 64, py::arg("rows_per_request") = 8)
+      .def("add_reference", &DriftMonitor::add_reference, py::arg("input"), py::arg("rows"),
+           py::call_guard<py::gil_scoped_release>())
+      .def("complete_reference", &DriftMonitor::complete_reference, py::call_guard<py::gil_scoped_release>())
+      .def("snapshot", [](const DriftMonitor& d) {
+        DriftMonitor::Snapshot s;
+        {
+          py::gil_scoped_release release;
+          s = d.snapshot();
+        }
+        py::dict out;
+        out["reference_complete"] = s.reference_complete;
+        out["reference_from_data"] = s.reference_from_data;
+        out["reference_requests"] = s.reference_requests;
+        out["window_requests"] = s.window_requests;
+        out["inputs"] = s.inputs;
+        out["summarized"] = s.summarized;
+        py::list features;
+        for (const auto& f : s.features) {
+          py::dict e;
+          e["input"] = f.input;
+          e["feature"] = f.feature;
+          e["psi"] = f.psi;
+          e["ks"] = f.continuous ? py::object(py::float_(f.ks)) : py::none();
+          features.append(e);
+        }
+        out["features"] = features;
+        return out;
+      });
+
   // --- completions ---
   py::class_<CompletionQueue, std::shared_ptr<CompletionQueue>>(m, "CompletionQueue")
       .def(py::init<>())
@@ -494,6 +545,28 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("message", [](RequestState& s) { return s.response().status.message; })
       .def_property_readonly("batch_size", [](RequestState& s) { return s.response().batch_size; })
       .def_property_readonly("timings", [](RequestState& s) { return timings_dict(s.response().timings); })
+      .def_property_readonly(
+          "trace",
+          [](RequestState& s) {
+            // Note [Request spans]: (batch_id, enqueue_ns, dispatch_ns, compute_start_ns, input_ns, infer_ns,
+            // output_ns, batch_requests, batch_traced, batch_rows); steady-clock nanoseconds.
+            const Response& r = s.response();
+            const BatchTrace& t = r.trace;
+            return py::make_tuple(t.batch_id, t.enqueue_ns, t.dispatch_ns, t.compute_start_ns,
+                                  r.timings.compute_input_ns, r.timings.compute_infer_ns, r.timings.compute_output_ns,
+                                  t.batch_requests, t.batch_traced, r.batch_size);
+          })
+      .def(
+          "inputs",
+          [](RequestState& s, bool as_numpy) {
+            MS_EXPECTS(s.done(), kInvalidArgument, "request ", s.id, " has not completed; wait() first");
+            py::dict out;
+            for (const auto& in : s.response().inputs) {
+              out[py::str(in.name)] = as_numpy ? py::object(tensor_to_numpy(in.tensor)) : py::cast(in.tensor);
+            }
+            return out;
+          },
+          py::arg("as_numpy") = false, "the request's inputs, when it was submitted with observe & 2 (keep inputs)")
       .def("encode_response", &encode_response, py::arg("where"), py::arg("model_name"), py::arg("model_version"),
            py::arg("id"), py::arg("streamed"), py::arg("limit"),
            "the outputs as a serialized ModelInferResponse (ModelStreamInferResponse when streamed)");
@@ -525,41 +598,43 @@ PYBIND11_MODULE(_core, m) {
       .def(
           "submit",
           [](PyModel& self, const py::dict& inputs, std::vector<std::string> outputs, uint32_t priority,
-             int64_t timeout_us, std::shared_ptr<CompletionQueue> queue, int64_t tag) {
+             int64_t timeout_us, std::shared_ptr<CompletionQueue> queue, int64_t tag, int observe) {
             release_python_owners();
             RequestPtr request = request_of(inputs, std::move(outputs));
-            return submit_request(self.get(), std::move(request), priority, timeout_us, std::move(queue), tag);
+            return submit_request(self.get(), std::move(request), priority, timeout_us, std::move(queue), tag, false,
+                                  observe);
           },
           py::arg("inputs"), py::kw_only(), py::arg("outputs") = std::vector<std::string>{}, py::arg("priority") = 0,
-          py::arg("timeout_us") = 0, py::arg("queue") = nullptr, py::arg("tag") = 0)
+          py::arg("timeout_us") = 0, py::arg("queue") = nullptr, py::arg("tag") = 0, py::arg("observe") = 0)
       .def(
           "run",
           [](PyModel& self, const py::dict& inputs, std::vector<std::string> outputs, uint32_t priority,
-             int64_t timeout_us) {
+             int64_t timeout_us, int observe) {
             release_python_owners();
             RequestPtr request = request_of(inputs, std::move(outputs));
             py::gil_scoped_release release;  // a Python backend takes it back on this thread
-            auto state = submit_request(self.get(), std::move(request), priority, timeout_us, nullptr, 0, true);
+            auto state = submit_request(self.get(), std::move(request), priority, timeout_us, nullptr, 0, true, observe);
             state->wait(-1.0);
             return state;
           },
           py::arg("inputs"), py::kw_only(), py::arg("outputs") = std::vector<std::string>{}, py::arg("priority") = 0,
-          py::arg("timeout_us") = 0,
+          py::arg("timeout_us") = 0, py::arg("observe") = 0,
           "submits and waits: a completed Pending; an idle instance may run it on this thread (Note [Caller runs])")
       .def(
           "submit_parsed",
           [](PyModel& self, const py::handle& parsed, const std::string& where, uint32_t priority, int64_t timeout_us,
-             std::shared_ptr<CompletionQueue> queue, int64_t tag) {
+             std::shared_ptr<CompletionQueue> queue, int64_t tag, int observe) {
             release_python_owners();
             const ModelConfig& config = self.get()->config();
             auto [inputs, outputs] = decode_request(parsed, where, &config.inputs, config.batching.max_batch_size > 0);
             auto request = std::make_unique<Request>();
             request->inputs = std::move(inputs);
             request->requested_outputs = std::move(outputs);
-            return submit_request(self.get(), std::move(request), priority, timeout_us, std::move(queue), tag);
+            return submit_request(self.get(), std::move(request), priority, timeout_us, std::move(queue), tag, false,
+                                  observe);
           },
           py::arg("request"), py::arg("where"), py::kw_only(), py::arg("priority") = 0, py::arg("timeout_us") = 0,
-          py::arg("queue") = nullptr, py::arg("tag") = 0,
+          py::arg("queue") = nullptr, py::arg("tag") = 0, py::arg("observe") = 0,
           "decodes, checks and enqueues a _core.protocol.ParsedInferRequest (Note [Native request path])")
       .def("set_instance_count", [](PyModel& self, int n) { self.get()->set_instance_count(n); },
            py::call_guard<py::gil_scoped_release>())
@@ -571,6 +646,10 @@ PYBIND11_MODULE(_core, m) {
              self.get()->set_batching(b);
            })
       .def("batching", [](PyModel& self) { return batching_dict(self.get()->batching()); })
+      .def(
+          "set_drift_monitor",
+          [](PyModel& self, std::shared_ptr<DriftMonitor> monitor) { self.get()->set_drift_monitor(std::move(monitor)); },
+          py::arg("monitor"))
       .def(
           "shutdown",
           [](PyModel& self, bool drain, double drain_timeout_s) {

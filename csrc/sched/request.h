@@ -23,11 +23,35 @@ struct RequestTimings {
   int64_t compute_output_ns = 0;  // scatter (and device-to-host copy)
 };
 
+// Note [Request spans]
+// ~~~~~~~~~~~~~~~~~~~~
+// A traced request's spans (python/modelserve/observe/tracing.py) are built after it completes,
+// from what the core records anyway, so tracing adds no clock reads or allocations on the request
+// path: its enqueue time, when its batch was formed (dispatch) and when an instance started it,
+// the batch's input, infer and output phases (RequestTimings), and a batch id unique in the
+// process. One span per batch is linked to the spans of the batch's traced requests; the batch
+// counts them (Request::traced -> BatchTrace::batch_traced) so the frontend knows when it has
+// seen the last of them and can end the batch's span exactly once, whichever order the
+// completions reach it in. The times are steady-clock nanoseconds (CLOCK_MONOTONIC on Linux:
+// Python's time.monotonic_ns()); Python turns them into wall-clock time.
+
+// Where a request ran (Note [Request spans]).
+struct BatchTrace {
+  uint64_t batch_id = 0;          // unique in the process; 0: the request never ran in a batch
+  int64_t enqueue_ns = 0;         // the request entered the queue
+  int64_t dispatch_ns = 0;        // its batch was formed
+  int64_t compute_start_ns = 0;   // an instance started the batch (gather, execute, scatter follow)
+  uint32_t batch_requests = 0;    // requests in the batch
+  uint32_t batch_traced = 0;      // of which asked to be traced (Request::traced)
+};
+
 struct Response {
   Status status;
   TensorList outputs;  // in the order requested (all outputs in the backend's order if none were)
   RequestTimings timings;
   int64_t batch_size = 0;  // rows in the batch this request ran in
+  BatchTrace trace;
+  TensorList inputs;   // the request's inputs, when it asked to keep them (Request::keep_inputs)
 };
 
 // Called exactly once per accepted request, from a core thread (or the thread that cancels or
@@ -42,6 +66,10 @@ struct Request {
   int64_t timeout_us = 0;    // queue timeout; 0 = the model's default_timeout_us
   // The submitting thread waits for this request and may run it itself (Note [Caller runs]).
   bool caller_runs = false;
+  // Observation (Note [Request spans]): the request is traced (its batch counts it), and its
+  // inputs come back in its Response (a payload log records them; shared buffers, no copy).
+  bool traced = false;
+  bool keep_inputs = false;
   Completion completion;
 
   // Set by the batcher on enqueue.
@@ -63,7 +91,12 @@ struct Request {
     r.status = {code, std::move(message)};
     r.timings.queue_ns =
         std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - enqueue_time).count();
+    r.trace.enqueue_ns = steady_ns(enqueue_time);
+    if (keep_inputs) r.inputs = inputs;
     complete(std::move(r));
+  }
+  static int64_t steady_ns(Clock::time_point t) {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
   }
 };
 using RequestPtr = std::unique_ptr<Request>;

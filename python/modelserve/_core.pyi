@@ -158,10 +158,30 @@ class Pending:
     def batch_size(self) -> int: ...
     @property
     def timings(self) -> dict[str, int]: ...
+    @property
+    def trace(self) -> tuple[int, int, int, int, int, int, int, int, int, int]:
+        """Note [Request spans]: (batch_id, enqueue_ns, dispatch_ns, compute_start_ns, input_ns,
+        infer_ns, output_ns, batch_requests, batch_traced, batch_rows), steady-clock nanoseconds."""
+    def inputs(self, as_numpy: bool = False) -> dict[str, Any]:
+        """The request's inputs, when it was submitted with ``observe & 2``."""
     def encode_response(
         self, where: str, model_name: str, model_version: str, id: str, streamed: bool, limit: SupportsIndex
     ) -> bytes:
         """The outputs as a serialized ModelInferResponse (ModelStreamInferResponse when streamed)."""
+
+class DriftMonitor:
+    """Input drift of one model version (Note [Input drift] in csrc/monitor/drift_monitor.h)."""
+
+    def __init__(
+        self, model: str, inputs: Sequence[tuple[str, str, Sequence[SupportsIndex]]], *, batched: bool,
+        reference_requests: SupportsIndex = 1000, window_requests: SupportsIndex = 1000,
+        max_features: SupportsIndex = 64, rows_per_request: SupportsIndex = 8,
+    ) -> None: ...
+    def add_reference(self, input: str, rows: Tensor) -> None: ...
+    def complete_reference(self) -> None: ...
+    def snapshot(self) -> dict[str, Any]:
+        """reference_complete, reference_from_data, reference_requests, window_requests, inputs,
+        summarized, and features: [{input, feature, psi, ks (None unless continuous)}]."""
 
 class CompletionQueue:
     """Completed requests handed to one reader; ``fileno`` becomes readable when there are some."""
@@ -185,16 +205,20 @@ class Model:
     def submit(
         self, inputs: Mapping[str, Any], *, outputs: Sequence[str] = (), priority: SupportsIndex = 0,
         timeout_us: SupportsIndex = 0, queue: CompletionQueue | None = None, tag: SupportsIndex = 0,
-    ) -> Pending: ...
+        observe: SupportsIndex = 0,
+    ) -> Pending:
+        """``observe``: 1 counts the request as traced in its batch, 2 keeps its inputs in its
+        response (Note [Request spans]; modelserve.observe.Watch.flags)."""
     def run(
         self, inputs: Mapping[str, Any], *, outputs: Sequence[str] = (), priority: SupportsIndex = 0,
-        timeout_us: SupportsIndex = 0,
+        timeout_us: SupportsIndex = 0, observe: SupportsIndex = 0,
     ) -> Pending:
         """Submits and waits: a completed Pending; an idle instance may run it on this thread
         (Note [Caller runs])."""
     def submit_parsed(
         self, request: _Protocol.ParsedInferRequest, where: str, *, priority: SupportsIndex = 0,
         timeout_us: SupportsIndex = 0, queue: CompletionQueue | None = None, tag: SupportsIndex = 0,
+        observe: SupportsIndex = 0,
     ) -> Pending:
         """Decodes, checks and enqueues a ``protocol.ParsedInferRequest`` (Note [Native request path])."""
     def set_instance_count(self, count: SupportsIndex, /) -> None: ...
@@ -202,6 +226,8 @@ class Model:
     def instance_count(self) -> int: ...
     def set_batching(self, **batching: Any) -> None: ...
     def batching(self) -> dict[str, Any]: ...
+    def set_drift_monitor(self, monitor: DriftMonitor | None) -> None:
+        """Counts every batch's inputs into ``monitor`` from now on (Note [Input drift]); None stops."""
     def shutdown(self, drain: bool = True, drain_timeout_s: float = 0.0) -> None: ...
     @property
     def name(self) -> str: ...

@@ -197,19 +197,23 @@ class ModelEngine:
         outputs: Iterable[str] | None = None,
         priority: int = 0,
         timeout_us: int = 0,
+        observe: int = 0,
     ) -> "AsyncRequest":
         """Enqueues a request from a running event loop (synchronously: it is queued when this
-        returns) and returns an :class:`AsyncRequest` to await."""
+        returns) and returns an :class:`AsyncRequest` to await. ``observe``: the flags of a
+        watched request (modelserve.observe.Watch.flags)."""
         return _on_loop(lambda queue, tag: self._model.submit(
-            dict(inputs), outputs=list(outputs or ()), priority=priority, timeout_us=timeout_us, queue=queue, tag=tag))
+            dict(inputs), outputs=list(outputs or ()), priority=priority, timeout_us=timeout_us, queue=queue, tag=tag,
+            observe=observe))
 
-    def submit_parsed_async(self, request: Any, where: str, *, priority: int = 0, timeout_us: int = 0) -> "AsyncRequest":
+    def submit_parsed_async(self, request: Any, where: str, *, priority: int = 0, timeout_us: int = 0,
+                            observe: int = 0) -> "AsyncRequest":
         """Enqueues a parsed ModelInferRequest (``_core.protocol.parse``) from a running event
         loop: the core decodes its inputs (raw ones as views of the request's bytes) and requested
         outputs, checks them and enqueues, all without Python objects per tensor (Note [Native
         request path] in csrc/protocol/infer_codec.h). ``where`` starts every error message."""
         return _on_loop(lambda queue, tag: self._model.submit_parsed(
-            request, where, priority=priority, timeout_us=timeout_us, queue=queue, tag=tag))
+            request, where, priority=priority, timeout_us=timeout_us, queue=queue, tag=tag, observe=observe))
 
     async def infer_async(
         self,
@@ -258,6 +262,11 @@ class ModelEngine:
                 f"model '{self.name}': unknown batching setting(s) {unknown}; expected any of {list(BATCHING_KEYS)}"
             )
         self._model.set_batching(**settings)
+
+    def set_drift_monitor(self, monitor: Any) -> None:
+        """Has the core count every batch's inputs into ``monitor`` (a ``_core.DriftMonitor``,
+        see modelserve.observe.drift); None stops."""
+        self._model.set_drift_monitor(monitor)
 
     def stats(self) -> dict[str, Any]:
         """Cumulative statistics: successes, failures by code, queue and compute times, batch
