@@ -28,6 +28,7 @@ _LAZY = {
     "repository": ".repository",
     "runtime": ".runtime",
     "tensor": ".tensor",
+    "observe": ".observe",
     "Runtime": ".runtime",
     "VersionState": ".repository",
     "ConfigError": ".config",

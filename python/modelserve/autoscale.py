@@ -176,7 +176,8 @@ class Scaler:
 class AutoscaleController:
     """Ticks every READY version of a repository through its :class:`Scaler` on a background
     thread and applies the decisions (``ModelVersion.scale``). ``tick()`` runs one round on the
-    calling thread (tests drive it with their own clock)."""
+    calling thread (tests drive it with their own clock). The same thread checks input drift
+    thresholds every ``DRIFT_CHECK_S`` seconds (:meth:`check_drift`)."""
 
     def __init__(self, repository: Any, tick_s: float = 0.5, clock: Callable[[], float] = time.monotonic) -> None:
         if tick_s <= 0:
@@ -221,6 +222,23 @@ class AutoscaleController:
                 out.extend(mv for mv in m.versions.values() if mv.state.value == "READY")
         return out
 
+    #: How often the ticker also checks each version's input drift against its threshold.
+    DRIFT_CHECK_S = 5.0
+
+    def check_drift(self) -> None:
+        """Logs the READY versions' input drift past (or back under) its threshold
+        (modelserve.observe.drift)."""
+        for mv in self._versions():
+            if mv.drift is not None:
+                try:
+                    mv.drift.check()
+                except Exception:
+                    log.exception("%s: checking input drift failed", mv.label)
+
     def _run(self) -> None:
+        last_drift_check = self.clock()
         while not self._stop.wait(self.tick_s):
             self.tick()
+            if self.clock() - last_drift_check >= self.DRIFT_CHECK_S:
+                last_drift_check = self.clock()
+                self.check_drift()

@@ -86,6 +86,55 @@ def _message_bytes(text: str) -> int:
     return value
 
 
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction from 0 to 1, got {text!r}")
+    return value
+
+
+def _byte_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of bytes >= 0, got {text!r}")
+    return value
+
+
+def _observer(args: argparse.Namespace) -> Any:
+    """Tracing (--trace-sample-rate and the OTEL_* variables) and payload logging (--payload-log,
+    --payload-sink) as the flags ask; raises InvalidArgumentError naming the flag or variable."""
+    import os
+
+    from .errors import InvalidArgumentError
+    from .observe import Observer
+    from .observe.payload import FileSink, PayloadLog, load_sink
+    from .observe.tracing import Tracing, tracing_configured
+
+    tracing = Tracing(sample_rate=args.trace_sample_rate) if tracing_configured(os.environ, args.trace_sample_rate) else None
+    payload = None
+    if args.payload_log and args.payload_sink:
+        raise InvalidArgumentError("give --payload-log FILE or --payload-sink module:Class, not both")
+    if args.payload_log or args.payload_sink:
+        sink = (FileSink(args.payload_log, max_bytes=args.payload_log_max_bytes) if args.payload_log
+                else load_sink(args.payload_sink))
+        payload = PayloadLog(sink, sample=args.payload_log_sample, mode=args.payload_log_mode,
+                             queue_bytes=args.payload_log_queue_bytes)
+    else:
+        given = [flag for flag, default in (("--payload-log-sample", 1.0), ("--payload-log-mode", "full"),
+                                            ("--payload-log-max-bytes", 100 * 1024 * 1024),
+                                            ("--payload-log-queue-bytes", 64 * 1024 * 1024))
+                 if getattr(args, flag[2:].replace("-", "_")) != default]
+        if given:
+            raise InvalidArgumentError(f"{', '.join(given)} need --payload-log FILE or --payload-sink module:Class")
+    return Observer(tracing, payload)
+
+
 def _memory_budget(text: str) -> dict[str, int]:
     """``cpu=8GiB,cuda:0=20GiB`` checked now: sizes, device names, and devices this machine has."""
     from .errors import InvalidArgumentError
@@ -139,6 +188,10 @@ def _serve(args: argparse.Namespace) -> int:
         max_stream_requests=args.max_stream_requests,
     )
     try:
+        observer = _observer(args)
+    except ModelserveError as e:
+        return _serve_failed(e, 2)
+    try:
         server = Server(
             args.model_repository,
             options,
@@ -148,6 +201,7 @@ def _serve(args: argparse.Namespace) -> int:
             memory_budget=args.memory_budget,
             memory_evict=args.memory_evict,
             state_dir=args.state_dir,
+            observer=observer,
         )
         return server.run()
     except (OSError, ModelserveError) as e:  # a port in use: the message names the address and the flag
@@ -197,6 +251,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="past the budget, release idle models' instances (least recently used first)")
     s.add_argument("--state-dir", metavar="PATH",
                    help="traffic policies, rollouts and their audit log (default: <repository>/.modelserve)")
+    s.add_argument("--trace-sample-rate", type=_ratio, metavar="RATE",
+                   help="trace this fraction of new traces with OpenTelemetry (pip install 'modelserve[otel]'); "
+                        "wins over OTEL_TRACES_SAMPLER; the OTEL_* variables configure the rest")
+    s.add_argument("--payload-log", metavar="FILE", help="write a JSON line per sampled request to FILE")
+    s.add_argument("--payload-sink", metavar="MODULE:CLASS", help="send payload records to this class instead")
+    s.add_argument("--payload-log-sample", type=_ratio, default=1.0, metavar="RATE",
+                   help="fraction of requests recorded (default 1; a model's payload_log.sample wins)")
+    s.add_argument("--payload-log-mode", choices=["full", "summary", "none"], default="full",
+                   help="tensors as values, as shape/datatype/min/max/mean, or not at all (default full)")
+    s.add_argument("--payload-log-max-bytes", type=_byte_count, default=100 * 1024 * 1024, metavar="B",
+                   help="rotate FILE past this size, keeping 5 (default 100 MiB; 0 = never)")
+    s.add_argument("--payload-log-queue-bytes", type=_byte_count, default=64 * 1024 * 1024, metavar="B",
+                   help="records waiting for the writer may hold this much; past it they are dropped and "
+                        "counted (default 64 MiB)")
     s.set_defaults(run=_serve)
 
     from .batch import add_parser as add_batch_parser

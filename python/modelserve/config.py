@@ -19,6 +19,8 @@ Keys and defaults (``config.yaml`` may be absent: every key then takes its defau
     parameters: {}                  # free-form, handed to the backend
     ray: {}                         # replicas and resources on a Ray cluster; see RayConfig
     traffic: null                   # the initial traffic policy (modelserve.traffic.policy)
+    drift: {enabled: true}          # input drift against a reference; see DriftConfig
+    payload_log: null               # this model's payload logging; see PayloadLogConfig
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ __all__ = [
     "VersionPolicy",
     "WarmupConfig",
     "RayConfig",
+    "DriftConfig",
+    "PayloadLogConfig",
     "ModelConfig",
     "load_config",
     "parse_config",
@@ -242,6 +246,31 @@ class RayConfig(_Strict):
         return self
 
 
+class DriftConfig(_Strict):
+    """Input drift (Note [Input drift] in csrc/monitor/drift_monitor.h): each numeric input's
+    distribution over the last ``window_requests`` requests against a reference, the first
+    ``reference_requests`` requests after the version is READY, or ``reference``: an .npz file
+    (relative to the version folder, else the model folder) with one array of rows per input.
+    Past ``threshold`` (a PSI), a feature is logged as drifting and named in the version's status."""
+
+    enabled: bool = True
+    reference: str | None = None
+    reference_requests: int = Field(default=1000, ge=1)
+    window_requests: int = Field(default=1000, ge=10)
+    threshold: float | None = Field(default=None, gt=0)
+
+
+class PayloadLogConfig(_Strict):
+    """This model's payload logging when the server logs payloads (``--payload-log`` or
+    ``--payload-sink``): the share of requests recorded (default: ``--payload-log-sample``), how
+    their tensors are written (``full`` values, a ``summary`` of shape, datatype, min, max and
+    mean, or ``none``; default ``--payload-log-mode``), and tensors never written."""
+
+    sample: float | None = Field(default=None, ge=0, le=1)
+    mode: Literal["full", "summary", "none"] | None = None
+    exclude: list[str] = Field(default_factory=list)
+
+
 class ModelConfig(_Strict):
     backend: str | None = None
     max_batch_size: int = Field(default=0, ge=0)
@@ -257,6 +286,8 @@ class ModelConfig(_Strict):
     parameters: dict[str, Any] = Field(default_factory=dict)
     ray: RayConfig = Field(default_factory=RayConfig)
     traffic: TrafficPolicy | None = None  # the initial policy; a saved change wins (README)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+    payload_log: PayloadLogConfig | None = None
 
     @field_validator("backend")
     @classmethod

@@ -29,6 +29,7 @@ from .admission import with_retry_hint
 from .autoscale import AutoscaleController
 from .errors import InvalidArgumentError, ModelserveError, NotFoundError, ResourceExhaustedError, from_status
 from .memory_budget import MemoryBudget
+from .observe import Observer, Watch, watched
 from .repository import ModelRepository
 from .repository.repository import ControlMode
 from .traffic import RepositoryCatalog, TrafficManager
@@ -75,7 +76,8 @@ class Runtime:
     ``memory_budget`` (``"cpu=2GiB"`` or ``{"cpu": "2GiB"}``) caps what model instances hold per
     device; ``memory_evict`` lets a load or scale-up evict idle models, least recently used first
     (Note [Memory budget]). ``autoscale_tick_s`` is how often the autoscaler looks (Note
-    [Autoscaling rule]).
+    [Autoscaling rule]). ``observer``: tracing and payload logging of the requests the servers
+    hand over with a watch (:mod:`modelserve.observe`); closed with the Runtime.
     """
 
     def __init__(
@@ -91,6 +93,7 @@ class Runtime:
         autoscale_tick_s: float = 0.5,
         state_dir: str | Path | None = None,
         traffic_clock: Callable[[], float] | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.repository = ModelRepository(
             repository, control_mode=model_control_mode, poll_interval=poll_interval, load_models=list(load_models)
@@ -104,6 +107,11 @@ class Runtime:
             state_dir=Path(state_dir) if state_dir is not None else Path(repository) / ".modelserve",
             **clock,
         )
+        #: Tracing and payload logging of served requests (modelserve.observe); off by default.
+        self.observer = observer if observer is not None else Observer()
+        payload = self.observer.payload_log
+        if payload is not None and payload.settings_for is None:
+            payload.settings_for = self._payload_settings
         self._closed = False
         self._started = False
         self._loaded = False  # start() has loaded (or failed to load) every model it loads at start
@@ -127,6 +135,11 @@ class Runtime:
             self._start_traffic()
             # From now on every (re)load of a model re-reads its config's traffic key (poll mode, load_model).
             self.repository.on_synced = lambda name: self._start_traffic([name])
+
+    def _payload_settings(self, model: str) -> Any:
+        """A model's ``payload_log`` config (None: the server's defaults apply)."""
+        managed = self.repository.models.get(model)
+        return managed.config.payload_log if managed is not None and managed.config is not None else None
 
     def _start_traffic(self, models: Iterable[str] | None = None) -> None:
         """Restores saved traffic state, then applies config.yaml policies nothing saved overrides."""
@@ -213,11 +226,12 @@ class Runtime:
 
     def submit_generation(self, model: str, prompt: str | Sequence[int], params: Any = None, *,
                           version: Version = None, priority: int = 0, timeout_s: float | None = None,
-                          routing: Mapping[str, Any] | None = None) -> Any:
+                          routing: Mapping[str, Any] | None = None, watch: Watch | None = None) -> Any:
         """Enqueues a generation and returns its :class:`modelserve.generation.GenerationRequest`
         (``result()``, iteration, ``deltas_async()`` for an event loop, ``cancel()``).
-        ``routing`` holds a traffic policy's sticky key (the OpenAI routes pass ``user``)."""
-        return self._generation(model, prompt, params, version, priority, timeout_s, routing)
+        ``routing`` holds a traffic policy's sticky key (the OpenAI routes pass ``user``);
+        ``watch``, the request's :class:`modelserve.observe.Watch`, is finished when it ends."""
+        return self._generation(model, prompt, params, version, priority, timeout_s, routing, watch)
 
     def generative_models(self) -> list[dict[str, Any]]:
         """The models with a READY generative version: name, READY generative versions, and the
@@ -235,7 +249,8 @@ class Runtime:
         return found
 
     def _generation(self, model: str, prompt: Any, params: Any, version: Version, priority: int,
-                    timeout_s: float | None, routing: Mapping[str, Any] | None = None) -> Any:
+                    timeout_s: float | None, routing: Mapping[str, Any] | None = None,
+                    watch: Watch | None = None) -> Any:
         """Note [Routed generations]: a traffic policy picks the target as for infer; the
         target's latency is the time to the first token (what a rollout's latency gate judges),
         recorded when it comes, and a failure before it is the target's error. Shadows never
@@ -243,16 +258,23 @@ class Runtime:
         endpoint = self.traffic.active.get(model) if version is None else None
         routed = endpoint.route(routing) if endpoint is not None else None
         target, which = (routed.model, routed.version) if routed is not None else (model, version)
+        if watch is not None and routed is not None:
+            watch.on_route(routed.target.id)
         try:
             with self.repository.get(target).route(which) as mv:
                 if mv.generator is None:
                     raise InvalidArgumentError(f"{mv.label} is not generative (backend '{mv.backend_name}'): use infer()")
+                if watch is not None:
+                    watch.routed(target, mv.version)
                 return mv.generator.submit(prompt, params, priority=priority, timeout_s=timeout_s,
                                            on_first_token=routed.finish if routed is not None else None,
-                                           on_error=routed.fail if routed is not None else None)
+                                           on_error=routed.fail if routed is not None else None,
+                                           on_done=watch.finish_generation if watch is not None else None)
         except BaseException as e:
             if routed is not None:
                 routed.fail(e)
+            if watch is not None:
+                watch.finish_generation({"prompt": prompt}, e)
             raise
 
     def _enqueue(
@@ -314,16 +336,25 @@ class Runtime:
         timeout_us: int = 0,
         as_numpy: bool = True,
         routing: Mapping[str, Any] | None = None,
+        watch: Watch | None = None,
     ) -> Served:
         """:meth:`infer_async`, also saying which model and version number ran (what the
-        frontends report): the version named, or the one the traffic policy chose."""
+        frontends report): the version named, or the one the traffic policy chose. ``watch``:
+        the request's :class:`modelserve.observe.Watch` (:attr:`observer`), finished here."""
         async def run(target: str, target_version: Version) -> tuple[Any, int]:
             with self.repository.get(target).route(target_version) as mv:
                 request = _submit(mv, _engine_of(mv).submit_async, inputs, outputs=outputs, priority=priority,
-                                  timeout_us=timeout_us)
+                                  timeout_us=timeout_us, observe=watch.flags if watch is not None else 0)
+            if watch is not None:
+                watch.routed(target, mv.version)
+                watch.pending = request.pending
             return await request.outputs(as_numpy=as_numpy), mv.version
 
-        return Served(*await self.traffic.run_routed(model, version, inputs, routing, run))
+        if watch is None:
+            return Served(*await self.traffic.run_routed(model, version, inputs, routing, run))
+        return Served(*await watched(watch, self.traffic.run_routed(model, version, inputs, routing, run,
+                                                                    watch.on_route),
+                                     inputs=inputs, outputs=lambda r: r[0]))
 
     #: The gRPC frontend may hand requests over parsed (``infer_parsed_async``).
     native_requests = True
@@ -338,22 +369,29 @@ class Runtime:
         priority: int = 0,
         timeout_us: int = 0,
         routing: Mapping[str, Any] | None = None,
+        watch: Watch | None = None,
     ) -> tuple[Any, str, int]:
         """One parsed ModelInferRequest (``_core.protocol.parse``) where it belongs: returns its
         completed ``Pending``, the model and the version number that ran. The core decodes and
         checks its tensors (Note [Native request path]); nothing of it becomes a Python object,
         so an endpoint whose policy mirrors to shadows (which need the tensors) is for
-        :meth:`infer_routed_async` instead: see :meth:`mirrors`."""
+        :meth:`infer_routed_async` instead: see :meth:`mirrors`. ``watch``: the request's
+        :class:`modelserve.observe.Watch`, finished here."""
         async def run(target: str, target_version: Version) -> tuple[Any, int]:
             with self.repository.get(target).route(target_version) as mv:
                 queued = _submit(mv, _engine_of(mv).submit_parsed_async, request, where, priority=priority,
-                                 timeout_us=timeout_us)
+                                 timeout_us=timeout_us, observe=watch.flags if watch is not None else 0)
+            if watch is not None:
+                watch.routed(target, mv.version)
+                watch.pending = queued.pending
             pending = await queued.done()
             if pending.status_code:
                 raise from_status(pending.status_code, pending.message)
             return pending, mv.version
 
-        return await self.traffic.run_routed(model, version, None, routing, run)
+        if watch is None:
+            return await self.traffic.run_routed(model, version, None, routing, run)
+        return await watched(watch, self.traffic.run_routed(model, version, None, routing, run, watch.on_route))
 
     def mirrors(self, model: str, version: Version = None) -> bool:
         """Whether a request for (model, version) may be mirrored to shadows (which needs its
@@ -557,6 +595,7 @@ class Runtime:
             self.autoscaler.close()
             self.traffic.close()
             self.repository.close()
+            self.observer.close()
 
     def __enter__(self) -> "Runtime":
         return self

@@ -21,10 +21,19 @@ import numpy as np
 
 from ._native import core as _core
 
-__all__ = ["Tensor", "DATATYPES", "as_tensor"]
+__all__ = ["Tensor", "DATATYPES", "NUMPY_DTYPES", "as_tensor"]
 
 Tensor = _core.Tensor
 DATATYPES: tuple[str, ...] = tuple(_core.DATATYPES)
+
+#: numpy dtype of each datatype's values on the wire; BF16 travels as its 16-bit pattern.
+NUMPY_DTYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_), "UINT8": np.dtype(np.uint8), "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32), "UINT64": np.dtype(np.uint64), "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16), "INT32": np.dtype(np.int32), "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16), "BF16": np.dtype(np.uint16), "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64), "BYTES": np.dtype(object),
+}
 
 
 def as_tensor(value: Any, datatype: str | None = None) -> Tensor:

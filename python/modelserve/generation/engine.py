@@ -168,6 +168,12 @@ class _Live:
     # A traffic policy's bookkeeping (Runtime._generation): its first token, or its failure.
     on_first_token: Any = None
     on_error: Any = None
+    # An observed request (modelserve.observe.Watch.finish_generation): its timeline and texts,
+    # once, when it ends; `source` is the prompt as given, kept only then.
+    on_done: Any = None
+    source: Any = None
+    scheduled_at: float | None = None
+    first_token_at: float | None = None
     text_sent: int = 0     # characters of the decoded text already streamed
     stopped_at: int | None = None  # where a stop string begins in the text
 
@@ -338,6 +344,7 @@ class GenerationEngine:
         self._live: dict[int, _Live] = {}
         self._lock = threading.Condition()
         self._cancelled: set[int] = set()
+        self._unscheduled: set[int] = set()  # guarded by _lock: observed requests not yet scheduled
         self._open_step: dict[str, Any] | None = None  # scheduled, not yet completed (engine thread)
         self._closed = False
         self._accepting = True
@@ -346,9 +353,14 @@ class GenerationEngine:
 
     # --- requests -------------------------------------------------------------------------------
     def submit(self, prompt: str | Sequence[int], params: SamplingParams | None = None, *, priority: int = 0,
-               timeout_s: float | None = None, on_first_token: Any = None, on_error: Any = None) -> GenerationRequest:
+               timeout_s: float | None = None, on_first_token: Any = None, on_error: Any = None,
+               on_done: Any = None) -> GenerationRequest:
         """Enqueues a generation. ``on_first_token()`` and ``on_error(exception)`` run on the engine
-        thread, once, whichever comes first (a traffic policy's bookkeeping)."""
+        thread, once, whichever comes first (a traffic policy's bookkeeping). ``on_done(timeline,
+        error)`` runs once when the request ends, on the engine thread (or the one that closes
+        the engine): ``timeline`` has the perf_counter times ``submitted``, ``scheduled``,
+        ``first_token`` and ``finished`` (None where it never got), ``prompt`` (as given), ``text``,
+        ``tokens``, ``prompt_tokens`` and ``finish_reason``."""
         params = params or SamplingParams()
         params.check(self.model.config.vocab_size)
         ids = self._encode(prompt)
@@ -356,12 +368,15 @@ class GenerationEngine:
             raise InvalidArgumentError(
                 f"model '{self.name}': prompt of {len(ids)} tokens + max_tokens {params.max_tokens} exceeds "
                 f"generation.max_model_len {self.max_model_len}")
-        live = _Live(next(self._ids), ids, params, on_first_token=on_first_token, on_error=on_error)
+        live = _Live(next(self._ids), ids, params, on_first_token=on_first_token, on_error=on_error,
+                     on_done=on_done, source=prompt if on_done is not None else None)
         with self._lock:
             if not self._accepting:
                 raise UnavailableError(f"model '{self.name}': the generation engine is closed")
             self.scheduler.add(live.id, np.asarray(ids, np.int32), priority=priority, timeout_s=timeout_s)
             self._live[live.id] = live
+            if on_done is not None:
+                self._unscheduled.add(live.id)
             self.prompt_tokens += len(ids)
             self._lock.notify_all()
         return GenerationRequest(self, live)
@@ -444,8 +459,7 @@ class GenerationEngine:
                 self._cancelled.add(live.id)
                 self._lock.notify_all()
 
-    @staticmethod
-    def _emit(live: _Live, item: Any) -> None:
+    def _emit(self, live: _Live, item: Any) -> None:
         live.out.put(item)
         if live.notify is not None:
             live.notify()
@@ -458,6 +472,28 @@ class GenerationEngine:
             report, arg = live.on_error, CancelledError("cancelled before its first token")
         if report is not None:
             _report(live, report, arg)
+        if live.on_done is not None and (isinstance(item, BaseException) or item.finish_reason is not None):
+            self._done(live, item)
+
+    def _done(self, live: _Live, last: Any) -> None:
+        """Runs an observed request's ``on_done`` (once): the observer never stops the loop."""
+        on_done, live.on_done = live.on_done, None
+        with self._lock:
+            self._unscheduled.discard(live.id)
+        error = last if isinstance(last, BaseException) else None
+        reason = None if error is not None else last.finish_reason
+        if reason == "cancelled":
+            from ..errors import CancelledError
+
+            error = CancelledError(f"model '{self.name}': the generation was cancelled")
+        timeline = {"submitted": live.submitted, "scheduled": live.scheduled_at, "first_token": live.first_token_at,
+                    "finished": time.perf_counter(), "prompt": live.source, "tokens": len(live.tokens),
+                    "prompt_tokens": len(live.prompt), "finish_reason": reason,
+                    "text": self._text(live) if self.tokenizer is not None else list(live.tokens)}
+        try:
+            on_done(timeline, error)
+        except Exception:
+            log.exception("model '%s': observing a generation failed", self.name)
 
     def _drop(self, rid: int) -> _Live | None:
         with self._lock:
@@ -525,6 +561,15 @@ class GenerationEngine:
                     live.done.set()
             self._cancelled.clear()
         step = self._open_step = self.scheduler.schedule()
+        if self._unscheduled:  # observed requests record when they first ran
+            with self._lock:
+                ran = set(int(i) for i in step["ids"]) & self._unscheduled
+                self._unscheduled -= ran
+            at = time.perf_counter()
+            for rid in ran:
+                live = self._live.get(rid)
+                if live is not None:
+                    live.scheduled_at = at
         for rid in step["expired"]:
             live = self._drop(rid)
             if live is not None:
@@ -558,6 +603,7 @@ class GenerationEngine:
         for rid, (token, logprob) in zip(sampled_ids, choices):
             live = self._live[rid]
             if live.last_token_at is None:
+                live.first_token_at = now
                 self.ttft.observe(now - live.submitted)
                 if live.on_first_token is not None:  # a traffic policy judges generations by it
                     _report(live, live.on_first_token)

@@ -57,6 +57,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from ..errors import InvalidArgumentError, ModelserveError, NotFoundError, UnavailableError, UnimplementedError
+from ..observe import Observer, Watch, watched
 from ..runtime import Served
 from ..server.common import ServerOptions
 from ..server.grpc import GrpcFrontend
@@ -101,6 +102,8 @@ class ClusterCatalog:
 
     #: Requests reach the replicas as tensors (the Python path), never as parsed native requests.
     native_requests = False
+    #: The ingress neither traces nor logs payloads (modelserve.observe): nothing is watched.
+    observer = Observer()
 
     def __init__(
         self,
@@ -200,15 +203,22 @@ class ClusterCatalog:
         timeout_us: int = 0,
         as_numpy: bool = True,
         routing: Mapping[str, Any] | None = None,
+        watch: Watch | None = None,
     ) -> Served:
         """Runs one request where the model's traffic policy sends it (when it names no
         version and the model has a policy), else on ``version``; returns the outputs and the
         model and version number that ran, as :meth:`modelserve.Runtime.infer_routed_async`."""
         async def run(target: str, target_version: int | str | None) -> tuple[dict[str, Any], int]:
             number = self.resolve_version(target, target_version)
+            if watch is not None:
+                watch.routed(target, number)
             return await self._dispatch(target, number, inputs, outputs, priority, timeout_us, as_numpy), number
 
-        return Served(*await self.traffic.run_routed(model, version, inputs, routing, run))
+        if watch is None:
+            return Served(*await self.traffic.run_routed(model, version, inputs, routing, run))
+        return Served(*await watched(watch, self.traffic.run_routed(model, version, inputs, routing, run,
+                                                                    watch.on_route),
+                                     inputs=inputs, outputs=lambda r: r[0]))
 
     async def infer_async(
         self,

@@ -525,6 +525,7 @@ class ModelRepository:
 def validate_repository(root: str | Path) -> list[str]:
     """Every problem in a repository, without loading models: configs, version folders, backends,
     model files, and (where the format records it) signatures against the config."""
+    from ..observe.drift import InputDrift
     from .versions import resolve_io
 
     root = Path(root)
@@ -571,7 +572,11 @@ def validate_repository(root: str | Path) -> list[str]:
                     errors.append(f"{d.path / CONFIG_FILE}: instances.isolation: process is for the python backend, "
                                   f"not '{backend_name}' (version {v})")
                     continue
-                resolve_io(name, vdir, config, backend)
+                inputs, _ = resolve_io(name, vdir, config, backend)
+                if config.drift.enabled and config.drift.reference is not None and inputs:
+                    # The reference file is read and checked against the inputs as a load would.
+                    InputDrift(f"{d.path / CONFIG_FILE}: drift.reference (version {v})", [t.as_spec() for t in inputs],
+                               batched=config.max_batch_size > 0, config=config.drift, folders=(vdir, d.path))
             except ModelserveError as e:
                 errors.extend(str(e).splitlines())
             except Exception as e:  # a model file the framework cannot read

@@ -33,6 +33,7 @@ from ..backends import python as python_backend
 from ..backends.process import process_instances
 from ..config import ModelConfig, TensorConfig
 from ..engine import ModelEngine
+from ..observe.drift import InputDrift
 from ..errors import InternalError, InvalidArgumentError, UnavailableError
 from ..memory_budget import MemoryBudget, folder_bytes, format_bytes, rss_bytes
 from ..tensor import Tensor
@@ -153,6 +154,7 @@ class ModelVersion:
         self.engine: ModelEngine | None = None
         self.workers: Any = None  # the core's ProcessInstances with instances.isolation: process
         self.generator: Any = None  # a generative backend's GenerationEngine (then no engine)
+        self.drift: InputDrift | None = None  # its numeric inputs against a reference (config drift)
         self.phases: dict[str, float] = {}
         self.history: list[Transition] = [Transition(S.LOADING, time.time(), "")]
         self._backends: list[Backend] = []  # guarded by _lock: the live instances' backends
@@ -206,6 +208,8 @@ class ModelVersion:
             "phases": dict(self.phases),
             "history": [{"state": t.state.value, "at": t.at, "reason": t.reason} for t in self.history],
         }
+        if self.drift is not None:
+            described["drift"] = self.drift.status()
         if self.workers is not None:  # process instances: pid, starts and memory of each worker
             described["workers"] = self.workers.workers()
             described["worker_stats"] = self.workers.stats()
@@ -257,6 +261,7 @@ class ModelVersion:
             t1 = time.monotonic()
             self._warmup()
             self.phases["warmup_s"] = time.monotonic() - t1
+            self._watch_drift()
             self.instances = cfg.instances.count
             # A worker's proportional set size: pages it shares (with the server, the other
             # workers) count once, split between the processes that map them.
@@ -268,6 +273,16 @@ class ModelVersion:
             self._release(drain=False)
             self._move(S.FAILED, reason)
             raise
+
+    def _watch_drift(self) -> None:
+        """From now on (after warmup: it is not traffic) the core counts the numeric inputs of every
+        batch against a reference (Note [Input drift] in csrc/monitor/drift_monitor.h)."""
+        if not self.config.drift.enabled or all(t.datatype == "BYTES" for t in self.inputs):
+            return
+        assert self.engine is not None
+        self.drift = InputDrift(self.label, [t.as_spec() for t in self.inputs], batched=self.config.max_batch_size > 0,
+                                config=self.config.drift, folders=(self.path, self.path.parent))
+        self.engine.set_drift_monitor(self.drift.monitor)
 
     def _load_generative(self, t0: float) -> "ModelVersion":
         """LOADING -> WARMING -> READY for a generative backend: its GenerationEngine (weights, KV

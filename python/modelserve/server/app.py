@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..observe import Observer
 from ..runtime import Runtime
 from .common import ServerOptions
 from .health import Health
@@ -95,6 +96,7 @@ class Server:
         memory_budget: str | Mapping[str, int | str] | None = None,
         memory_evict: bool = False,
         state_dir: str | Path | None = None,
+        observer: Observer | None = None,
     ) -> None:
         from .grpc import GrpcFrontend
         from .http import HttpFrontend
@@ -109,6 +111,7 @@ class Server:
             memory_budget=memory_budget,
             memory_evict=memory_evict,
             state_dir=state_dir,
+            observer=observer,
         )
         self.health = Health(self.runtime, self.options.required_models)
         self.metrics = Metrics(self.runtime)

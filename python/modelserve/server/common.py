@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidArgumentError, PermissionDeniedError
-from ..tensor import DATATYPES, Tensor
+from ..tensor import DATATYPES, NUMPY_DTYPES, Tensor
 
 __all__ = [
     "EXTENSIONS",
@@ -37,15 +37,6 @@ __all__ = [
     "http_actor",
     "grpc_actor",
 ]
-
-#: numpy dtype of each datatype's values on the wire; BF16 travels as its 16-bit pattern.
-NUMPY_DTYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_), "UINT8": np.dtype(np.uint8), "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32), "UINT64": np.dtype(np.uint64), "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16), "INT32": np.dtype(np.int32), "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16), "BF16": np.dtype(np.uint16), "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64), "BYTES": np.dtype(object),
-}
 
 #: The Triton extensions both frontends implement (server metadata lists them).
 EXTENSIONS = [

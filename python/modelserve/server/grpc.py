@@ -256,6 +256,11 @@ def _metadata(context: grpc.aio.ServicerContext, key: str) -> str | None:
     return None
 
 
+def _metadata_reader(context: Any) -> Callable[[str], str | None]:
+    """``header(key)`` for an observer's watch: the call's metadata (none without a call)."""
+    return (lambda key: _metadata(context, key)) if context is not None else (lambda key: None)
+
+
 def _size_error(what: str, size: int, limit: int) -> ResourceExhaustedError:
     return ResourceExhaustedError(
         f"{what} is {size} bytes, more than the server's receive limit of {limit} bytes; "
@@ -302,6 +307,8 @@ class GrpcFrontend:
         self.health = health
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
+        # Tracing and payload logging (modelserve.observe): None when both are off.
+        self._observer = runtime.observer if runtime.observer.active else None
 
     # --- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> int:
@@ -597,7 +604,7 @@ class GrpcFrontend:
                 raise call.error
             generator = self._generator_of(call)
             if generator is not None:  # the whole completion in one response
-                async for reply, _ in self._generate(call, generator, streamed=False):
+                async for reply, _ in self._generate(call, generator, streamed=False, context=context):
                     return reply
             return await self._infer(call, context.time_remaining(), context=context)
         except ModelserveError as e:
@@ -628,7 +635,7 @@ class GrpcFrontend:
                     raise call.error
                 generator = self._generator_of(call)
                 if generator is not None:  # one response per chunk, the last one final
-                    async for reply, final in self._generate(call, generator, streamed=True):
+                    async for reply, final in self._generate(call, generator, streamed=True, context=context):
                         replies.put_nowait(reply if final else _Partial(reply))
                     return
                 replies.put_nowait(await self._infer(call, context.time_remaining(), streamed=True, context=context))
@@ -693,9 +700,14 @@ class GrpcFrontend:
         has none)."""
         _check_model_name(call.model_name)
         find = getattr(self.runtime, "generator_of", None)
-        return find(call.model_name, call.model_version or None) if find is not None else None
+        if find is None:
+            return None
+        try:
+            return find(call.model_name, call.model_version or None)
+        except ModelserveError:  # an unknown model or version: the inference path refuses it (and records it)
+            return None
 
-    async def _generate(self, call: Any, generator: Any, streamed: bool) -> Any:
+    async def _generate(self, call: Any, generator: Any, streamed: bool, context: Any = None) -> Any:
         """A generation over gRPC (Triton's convention): BYTES ``text_input`` in, sampling values
         as request parameters (``max_tokens``, ``temperature``, ...), ``text_output`` out. Yields
         (reply, final): one whole reply, or with ``streamed`` one per chunk of tokens, with
@@ -716,7 +728,11 @@ class GrpcFrontend:
             params, _ = sampling_params(dict(call.parameters), 16, chat=False)
         except FieldError as e:
             raise InvalidArgumentError(f"{where}: {e}") from None
-        handle = self.runtime.submit_generation(model, prompt, params, version=version)
+        watch = None
+        if self._observer is not None:
+            watch = self._observer.watch("grpc", f"{'ModelStreamInfer' if streamed else 'ModelInfer'} {model}", model,
+                                         _metadata_reader(context))
+        handle = self.runtime.submit_generation(model, prompt, params, version=version, watch=watch)
         try:
             if not streamed:
                 out = ""
@@ -749,33 +765,43 @@ class GrpcFrontend:
         no parsed requests (Ray's ingress), goes the Python way (:meth:`_infer_decoded`)."""
         model = call.model_name
         _check_model_name(model)
-        requested = call.model_version or None
-        version = self.runtime.resolve_version(model, requested)  # unknown models and versions first
-        where = _where(model, version)
-        parameters = call.parameters
-        options = self._request_options(parameters, where, time_remaining)
-        routing = _Routing(parameters, context)
-        if not self.runtime.native_requests or self.runtime.mirrors(model, requested):
-            return await self._infer_decoded(call, model, requested, where, options, routing, streamed)
-        # A traffic policy may choose another version (or model) for a request that names none:
-        # the response reports the version that ran.
-        pending, _, number = await self.runtime.infer_parsed_async(
-            model, call, where, version=requested, routing=routing, **options
-        )
-        return pending.encode_response(
-            _where(model, number), model, str(number), call.id, streamed, self.options.max_message_bytes
-        )
+        watch = None
+        if self._observer is not None:  # a refusal before the Runtime finishes it is recorded too
+            watch = self._observer.watch("grpc", f"{'ModelStreamInfer' if streamed else 'ModelInfer'} {model}",
+                                         model, _metadata_reader(context))
+        try:
+            requested = call.model_version or None
+            version = self.runtime.resolve_version(model, requested)  # unknown models and versions first
+            where = _where(model, version)
+            parameters = call.parameters
+            options = self._request_options(parameters, where, time_remaining)
+            routing = _Routing(parameters, context)
+            if not self.runtime.native_requests or self.runtime.mirrors(model, requested):
+                return await self._infer_decoded(call, model, requested, where, options, routing, streamed, watch)
+            # A traffic policy may choose another version (or model) for a request that names
+            # none: the response reports the version that ran.
+            pending, _, number = await self.runtime.infer_parsed_async(
+                model, call, where, version=requested, routing=routing, watch=watch, **options
+            )
+            return pending.encode_response(
+                _where(model, number), model, str(number), call.id, streamed, self.options.max_message_bytes
+            )
+        except BaseException as e:
+            if watch is not None:
+                watch.finish(e)
+            raise
 
     async def _infer_decoded(
         self, call: Any, model: str, requested: str | None, where: str, options: dict[str, int], routing: Any,
-        streamed: bool,
+        streamed: bool, watch: Any = None,
     ) -> _InferReply:
         """The request's tensors as Python objects, for shadows (which compare the outputs) and
         Ray's ingress (which forwards them): the core decodes and checks them as on the native
         path (``_core.protocol.decode``), then the Runtime routes them."""
         inputs, outputs = _protocol.decode(call, where)
         served = await self.runtime.infer_routed_async(
-            model, inputs, version=requested, outputs=outputs or None, as_numpy=False, routing=routing, **options
+            model, inputs, version=requested, outputs=outputs or None, as_numpy=False, routing=routing, watch=watch,
+            **options
         )
         return self._encode(call.id, model, served.version, served.outputs, outputs, streamed)
 

@@ -561,6 +561,8 @@ class _Api:
         self.options = options
         self.health = health
         self.metrics = metrics
+        # Tracing and payload logging (modelserve.observe): None when both are off.
+        self.observer = runtime.observer if runtime.observer.active else None
 
     # --- helpers ---------------------------------------------------------------------------------
     @staticmethod
@@ -684,6 +686,17 @@ class _Api:
     # --- inference -------------------------------------------------------------------------------
     async def infer(self, request: Request) -> _Reply:
         model, version = self._target(request)
+        if self.observer is None:
+            return await self._infer(request, model, version, None)
+        watch = self.observer.watch("http", f"POST /v2/models/{model}/infer", model, request.headers.get)
+        try:  # a refusal before the Runtime finishes the watch is recorded too
+            return await self._infer(request, model, version, watch)
+        except BaseException as e:
+            if watch is not None:
+                watch.finish(e)
+            raise
+
+    async def _infer(self, request: Request, model: str, version: str | None, watch: Any) -> _Reply:
         what = self._what(model, version)
         self.health.check_accepting()
         body = await self._body(request, what)
@@ -700,7 +713,8 @@ class _Api:
         if self.runtime.native_requests and not self.runtime.mirrors(model, version):
             # The core decodes, checks and enqueues the tensors (Note [HTTP requests]).
             pending, _, number = await _cancel_on_disconnect(
-                self.runtime.infer_parsed_async(model, parsed, what, version=version, routing=routing, **req.options),
+                self.runtime.infer_parsed_async(model, parsed, what, version=version, routing=routing, watch=watch,
+                                                **req.options),
                 request.receive,
             )
             outputs = pending.outputs(as_numpy=False)
@@ -709,7 +723,7 @@ class _Api:
             served = await _cancel_on_disconnect(
                 self.runtime.infer_routed_async(
                     model, inputs, version=version, outputs=names or None, as_numpy=False, routing=routing,
-                    **req.options
+                    watch=watch, **req.options
                 ),
                 request.receive,
             )

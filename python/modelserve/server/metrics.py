@@ -49,6 +49,14 @@ modelserve_sequences                                    gauge      model, versio
 modelserve_kv_cache_blocks                              gauge      model, version, state (used, free)
 modelserve_preemptions_total                            counter    model, version
 modelserve_prefix_cache_hit_ratio                       gauge      model, version
+modelserve_input_drift_psi                              gauge      model, version, input, feature
+modelserve_input_drift_ks                               gauge      model, version, input, feature (continuous)
+modelserve_input_drift_reference_requests               gauge      model, version (the reference so far)
+modelserve_trace_context_invalid_total                  counter    protocol (malformed traceparent headers)
+modelserve_traced_requests_total                        counter    (request spans exported)
+modelserve_payload_log_records_total                    counter    (records the sink took)
+modelserve_payload_log_dropped_total                    counter    reason (queue_full, sink_error)
+modelserve_payload_log_queue_bytes                      gauge      (bytes the queued records hold)
 process_*, python_info, python_gc_*                     various    prometheus_client's standard ones
 ======================================================  =========  =================================
 
@@ -185,6 +193,7 @@ class _RuntimeCollector(Collector):
         yield worker_memory
         yield restarts
         yield from _generation_metrics(self.runtime, mv)
+        yield from _observe_metrics(self.runtime, mv)
 
         pool_bytes = GaugeMetricFamily("modelserve_memory_pool_bytes", "Memory pool bytes", labels=["pool", "kind"])
         hit = GaugeMetricFamily("modelserve_memory_pool_hit_ratio", "Allocations served from the pool", labels=["pool"])
@@ -228,6 +237,51 @@ def _generation_metrics(runtime: Runtime, mv: list[str]) -> Iterator[Metric]:
             lookups = b["prefix_hits"] + b["prefix_misses"]
             hit.add_metric(labels, b["prefix_hits"] / lookups if lookups else 0.0)
     yield from (ttft, itl, prompt, generated, seqs, blocks, preempt, hit)
+
+
+def _observe_metrics(runtime: Runtime, mv: list[str]) -> Iterator[Metric]:
+    """Input drift per version (Note [Input drift]; every family is present from the start, its
+    samples once a version's reference is complete), then tracing and payload logging."""
+    features = mv + ["input", "feature"]
+    psi = GaugeMetricFamily("modelserve_input_drift_psi",
+                            "Population stability index of an input feature, window against reference", labels=features)
+    ks = GaugeMetricFamily("modelserve_input_drift_ks",
+                           "Kolmogorov-Smirnov statistic of a continuous input feature, window against reference",
+                           labels=features)
+    reference = GaugeMetricFamily("modelserve_input_drift_reference_requests",
+                                  "Requests (or data rows) in a version's drift reference so far", labels=mv)
+    for name, managed in sorted(runtime.repository.models.items()):
+        for version, mv_ in sorted(managed.versions.items()):
+            drift = mv_.drift
+            if drift is None or mv_.state is VersionState.UNLOADED:
+                continue
+            labels = [name, str(version)]
+            snapshot = drift.snapshot()
+            reference.add_metric(labels, snapshot["reference_requests"])
+            for f in snapshot["features"]:
+                psi.add_metric(labels + [f["input"], f["feature"]], f["psi"])
+                if f["ks"] is not None:
+                    ks.add_metric(labels + [f["input"], f["feature"]], f["ks"])
+    yield from (psi, ks, reference)
+
+    observer = runtime.observer
+    invalid = CounterMetricFamily("modelserve_trace_context_invalid",
+                                  "Requests whose traceparent was malformed (a new trace started)", labels=["protocol"])
+    for protocol, n in sorted(observer.invalid_trace_context.items()):
+        invalid.add_metric([protocol], n)
+    traced = CounterMetricFamily("modelserve_traced_requests", "Requests traced (request spans ended)")
+    written = CounterMetricFamily("modelserve_payload_log_records", "Payload records the sink took")
+    dropped = CounterMetricFamily("modelserve_payload_log_dropped", "Payload records dropped", labels=["reason"])
+    queued = GaugeMetricFamily("modelserve_payload_log_queue_bytes", "Bytes the queued payload records hold")
+    if observer.tracing is not None:
+        traced.add_metric([], observer.tracing.spans)
+    payload = observer.payload_log
+    if payload is not None:
+        written.add_metric([], payload.written)
+        for reason, n in sorted(payload.dropped.items()):
+            dropped.add_metric([reason], n)
+        queued.add_metric([], payload.queued_bytes)
+    yield from (invalid, traced, written, dropped, queued)
 
 
 class Metrics:

@@ -199,10 +199,14 @@ class _OpenAI:
             key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
             raise FieldError(400, f"'{key}' {params.max_tokens} and the prompt's {prompt_len} tokens exceed the "
                                f"model's context of {engine.max_model_len} tokens", key, "context_length_exceeded")
+        watch = _watch(self.runtime, request, f"POST {route}", name)
+        if watch is not None:
+            watch.prompt = prompt  # the text, not the ids the engine takes
         try:
             user = body.get("user")
             handle = self.runtime.submit_generation(name, prompt_ids, params, version=version,
-                                                    routing={"user": user} if isinstance(user, str) else None)
+                                                    routing={"user": user} if isinstance(user, str) else None,
+                                                    watch=watch)
         except InvalidArgumentError as e:
             raise FieldError(400, str(e), _param_of(str(e))) from None
         model = body["model"]
@@ -283,6 +287,12 @@ class _OpenAI:
                 handle.cancel()
 
 
+def _watch(runtime: Any, request: Request, name: str, model: str) -> Any:
+    """The request's watch (modelserve.observe) when tracing or payload logging is on, else None."""
+    observer = runtime.observer
+    return observer.watch("http", name, model, request.headers.get) if observer.active else None
+
+
 # --- Triton's generate extension -------------------------------------------------------------------
 
 class _Generate:
@@ -311,7 +321,9 @@ class _Generate:
             raise InvalidArgumentError(f"{what}: {e}") from None
         which = (int(version) if version.isdigit() else version) if version else None
         mv = self.runtime.repository.get(name).lookup(which)
-        handle = self.runtime.submit_generation(name, text, params, version=mv.version)
+        stream = request.url.path.endswith("_stream")
+        watch = _watch(self.runtime, request, f"POST /v2/models/{name}/generate{'_stream' if stream else ''}", name)
+        handle = self.runtime.submit_generation(name, text, params, version=mv.version, watch=watch)
         return handle, {"model_name": name, "model_version": str(mv.version)}, what, mv
 
     async def generate(self, request: Request) -> Response:

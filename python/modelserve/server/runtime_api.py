@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from ..traffic.store import IN_PROCESS
 
 if TYPE_CHECKING:
+    from ..observe import Observer, Watch
     from ..runtime import Served
     from ..traffic import TrafficManager
 
@@ -45,6 +46,9 @@ class ServingRuntime(Protocol):
 
     #: Traffic policies, rollouts, labels and the audit log (the traffic services and metrics).
     traffic: TrafficManager
+    #: Tracing and payload logging (modelserve.observe): the frontends ask it for a watch per
+    #: request and hand the watch to the inference call, which finishes it.
+    observer: Observer
 
     # --- health ------------------------------------------------------------------------------
     def live(self) -> bool: ...
@@ -69,6 +73,7 @@ class ServingRuntime(Protocol):
         timeout_us: int = 0,
         as_numpy: bool = True,
         routing: Mapping[str, Any] | None = None,
+        watch: Watch | None = None,
     ) -> Served:
         """Runs one request where its traffic policy (or ``version``) sends it; returns the
         outputs and the model and version number that ran."""

@@ -3,6 +3,8 @@ version's runtime settings (modelserve/settings.py).
 
 ::
 
+    GET   /modelserve/v1/models/{model}/status                      Runtime.model_versions: the default
+          version, labels, every version's state, reason, history and input drift
     GET   /modelserve/v1/models/{model}/settings                    the default version's
     GET   /modelserve/v1/models/{model}/versions/{version}/settings
     PATCH /modelserve/v1/models/{model}[/versions/{version}]/settings
@@ -76,7 +78,11 @@ def settings_routes(runtime: ServingRuntime) -> list[tuple[str, Callable[[Reques
         )
         return _json(result)
 
-    out = []
+    async def status(request: Request) -> Response:
+        model, _ = target(request)
+        return _json(runtime.model_versions(model))
+
+    out = [(SETTINGS_PREFIX + "/status", status, ["GET"])]
     for base in (SETTINGS_PREFIX, SETTINGS_PREFIX + "/versions/{version}"):
         out.append((base + "/settings", get, ["GET"]))
         out.append((base + "/settings", patch, ["PATCH"]))
