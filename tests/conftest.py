@@ -1,5 +1,8 @@
 import asyncio
+import datetime
+import ipaddress
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,3 +81,47 @@ class LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
+
+
+def write_certificates(folder: Path, ca: str = "modelserve test CA", client: str = "client",
+                       client_org: str | None = None) -> Path:
+    """A CA (``ca.crt``/``ca.key``), a server certificate for localhost and 127.0.0.1 and a client
+    certificate (CN ``client``, O ``client_org`` when given), both signed by it, as PEM files in
+    ``folder``; made with ``cryptography``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    folder.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def name(cn, org=None):
+        attributes = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+        if org:
+            attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
+        return x509.Name(attributes)
+
+    def issue(subject, key, issuer, issuer_key, is_ca=False, san=None):
+        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True))
+        if san:
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    def write(stem, cert, key):
+        (folder / f"{stem}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (folder / f"{stem}.key").write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    authority = issue(name(ca), ca_key, name(ca), ca_key, is_ca=True)
+    write("ca", authority, ca_key)
+    san = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    for stem, subject, alt in (("server", name("localhost"), san), ("client", name(client, client_org), None)):
+        key = ec.generate_private_key(ec.SECP256R1())
+        write(stem, issue(subject, key, authority.subject, ca_key, san=alt), key)
+    return folder

@@ -3,7 +3,6 @@ load and unload, settings, traffic changes, labels and rollbacks, through HTTP, 
 in-process Runtime, each recorded once with its actor (common.py, Note [Audit actor]) and
 outcome. Entries are read back through ``GET /v2/traffic/audit`` and from ``audit.jsonl``."""
 
-import datetime
 import json
 import ssl
 import urllib.error
@@ -11,7 +10,7 @@ import urllib.request
 
 import grpc
 import pytest
-from conftest import LoopThread
+from conftest import LoopThread, write_certificates
 from modelserve._proto import inference_pb2 as ipb
 from modelserve._proto import inference_pb2_grpc as ipb_grpc
 from modelserve._proto import modelserve_pb2 as pb
@@ -19,6 +18,7 @@ from modelserve._proto import modelserve_pb2_grpc as pb_grpc
 from modelserve.errors import InvalidArgumentError, NotFoundError
 from modelserve.server.app import Server
 from modelserve.server.common import ServerOptions, actor_of
+from test_traffic_server import call
 from traffic_models import write_model
 
 BROKEN = "raise RuntimeError('broken version')\n"
@@ -53,19 +53,6 @@ def server(tmp_path_factory):
 def grpc_channel(server):
     with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
         yield channel
-
-
-def call(server, method, path, body=None, headers=None, raw=None):
-    """(status, JSON body) of an HTTP request to the server."""
-    data = raw if raw is not None else None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{server.http_port}{path}", data=data, method=method,
-                                 headers={"Content-Type": "application/json", **(headers or {})})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            text = r.read()
-            return r.status, json.loads(text) if text else None
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
 
 
 def listed(server, path="/v2/traffic/audit"):
@@ -245,47 +232,9 @@ def test_an_in_process_action_takes_an_actor_and_a_refusal_propagates_unchanged(
 
 def _pki(folder):
     """A CA, a server certificate for 127.0.0.1/localhost and a client certificate (CN
-    audit-client, O modelserve tests), made with ``cryptography``."""
-    x509 = pytest.importorskip("cryptography.x509")
-    import ipaddress
-
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    folder.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
-
-    def name(cn, org=None):
-        attributes = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
-        if org:
-            attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
-        return x509.Name(attributes)
-
-    def issue(subject, key, issuer, issuer_key, ca=False, san=None):
-        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
-                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - datetime.timedelta(minutes=5))
-                   .not_valid_after(now + datetime.timedelta(days=1))
-                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-        if san:
-            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-        return builder.sign(issuer_key, hashes.SHA256())
-
-    def write(stem, cert, key):
-        (folder / f"{stem}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        (folder / f"{stem}.key").write_bytes(key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = issue(name("audit test CA"), ca_key, name("audit test CA"), ca_key, ca=True)
-    write("ca", ca, ca_key)
-    san = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    for stem, subject, alt in (("server", name("localhost"), san),
-                               ("client", name("audit-client", "modelserve tests"), None)):
-        key = ec.generate_private_key(ec.SECP256R1())
-        write(stem, issue(subject, key, ca.subject, ca_key, san=alt), key)
-    return folder
+    audit-client, O modelserve tests)."""
+    pytest.importorskip("cryptography.x509")
+    return write_certificates(folder, "audit test CA", "audit-client", "modelserve tests")
 
 
 @pytest.fixture(scope="module")

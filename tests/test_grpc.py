@@ -6,9 +6,7 @@ service, and the committed protobuf stubs."""
 from __future__ import annotations
 
 import asyncio
-import datetime
 import filecmp
-import ipaddress
 import queue
 import shutil
 import subprocess
@@ -902,37 +900,7 @@ def test_grpc_health_service(main_url):
 
 
 def _certificates_with_cryptography(folder: Path) -> None:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-
-    def name(cn):
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-    def issue(cn, key, issuer_name, issuer_key, ca=False, san=None):
-        builder = (x509.CertificateBuilder().subject_name(name(cn)).issuer_name(issuer_name)
-                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-        if san:
-            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-        return builder.sign(issuer_key, hashes.SHA256())
-
-    def write(stem, cert, key):
-        (folder / f"{stem}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        (folder / f"{stem}.key").write_bytes(key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = issue("modelserve test CA", ca_key, name("modelserve test CA"), ca_key, ca=True)
-    write("ca", ca, ca_key)
-    san = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    for stem, cn, alt in (("server", "localhost", san), ("client", "client", None)):
-        key = ec.generate_private_key(ec.SECP256R1())
-        write(stem, issue(cn, key, ca.subject, ca_key, san=alt), key)
+    conftest.write_certificates(folder)
 
 
 def _certificates_with_openssl(folder: Path) -> None:

@@ -56,13 +56,13 @@ def clean(server):
     return server
 
 
-def call(server, method, path, body=None, headers=None):
-    """(status, JSON body) of an HTTP request to the server."""
-    data = None if body is None else json.dumps(body).encode()
+def call(server, method, path, body=None, headers=None, raw=None):
+    """(status, JSON body) of an HTTP request to the server (``raw``: the body's bytes as they are)."""
+    data = raw if raw is not None else None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(f"http://127.0.0.1:{server.http_port}{path}", data=data, method=method,
                                  headers={"Content-Type": "application/json", **(headers or {})})
     try:
-        with urllib.request.urlopen(req, timeout=30) as r:
+        with urllib.request.urlopen(req, timeout=60) as r:
             text = r.read()
             return r.status, json.loads(text) if text else None
     except urllib.error.HTTPError as e:
