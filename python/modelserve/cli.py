@@ -86,24 +86,22 @@ def _message_bytes(text: str) -> int:
     return value
 
 
-def _ratio(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction from 0 to 1, got {text!r}")
-    return value
+def _bounded(kind: type, low: float, high: float, expected: str) -> Any:
+    """An argparse type: ``kind(text)`` within [low, high], else a usage error saying ``expected``."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _byte_count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number of bytes >= 0, got {text!r}")
-    return value
+_ratio = _bounded(float, 0.0, 1.0, "a fraction from 0 to 1")
+_byte_count = _bounded(int, 0, float("inf"), "a number of bytes >= 0")
 
 
 def _observer(args: argparse.Namespace) -> Any:

@@ -130,13 +130,11 @@ def tracing_configured(env: Mapping[str, str], sample_rate: float | None) -> boo
 
 def _otel() -> Any:
     try:
-        import opentelemetry.sdk.trace  # noqa: F401
+        import opentelemetry.sdk.trace as sdk
     except ImportError:
         raise InvalidArgumentError(
             "tracing needs OpenTelemetry: pip install 'modelserve[otel]' (opentelemetry-sdk and the OTLP exporter)"
         ) from None
-    import opentelemetry.sdk.trace as sdk
-
     return sdk
 
 
