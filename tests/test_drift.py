@@ -131,7 +131,8 @@ def _repository(root: Path, config: str = "", model: str = IDENTITY, shape: str 
 
 def _psi(rt, model="m"):
     status = rt.model_versions(model)["versions"][1]["drift"]
-    return status, {(f["input"], f["feature"]): f["psi"] for f in rt.repository.get(model).versions[1].drift.snapshot()["features"]}
+    features = rt.repository.get(model).versions[1].drift.snapshot()["features"]
+    return status, {(f["input"], f["feature"]): f["psi"] for f in features}
 
 
 def test_psi_of_a_shifted_normal_passes_a_quarter_and_of_the_same_normal_stays_under_a_tenth(tmp_path):
@@ -187,7 +188,8 @@ def test_wide_and_variable_inputs_are_tracked_by_mean_and_std(tmp_path):
 def test_bytes_inputs_are_skipped_and_drift_can_be_turned_off(tmp_path):
     root = tmp_path / "repo"
     (root / "t" / "1").mkdir(parents=True)
-    (root / "t" / "1" / "model.py").write_text("class Model:\n    def execute(self, inputs):\n        return {'Y': inputs['T']}\n")
+    (root / "t" / "1" / "model.py").write_text(
+        "class Model:\n    def execute(self, inputs):\n        return {'Y': inputs['T']}\n")
     (root / "t" / "config.yaml").write_text("backend: python\ninputs: [{name: T, datatype: BYTES, shape: [1]}]\n"
                                              "outputs: [{name: Y, datatype: BYTES, shape: [1]}]\n")
     _repository(root, "drift: {enabled: false}\n")

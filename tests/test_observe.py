@@ -276,7 +276,8 @@ def test_traceparent_parsing_agrees_with_the_opentelemetry_propagator(header):
 def test_the_flag_wins_over_the_sampler_variables():
     env = {"OTEL_TRACES_SAMPLER": "always_on"}
     assert Sampling.from_env(env, 0.25) == Sampling(0.25, True)
-    assert Sampling.from_env({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.5"}) == Sampling(0.5, False)
+    ratio = {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.5"}
+    assert Sampling.from_env(ratio) == Sampling(0.5, False)
     assert Sampling.from_env({}) == Sampling(1.0, True)  # OpenTelemetry's default: parentbased_always_on
     assert Sampling.from_env({"OTEL_TRACES_SAMPLER": "parentbased_always_off"}) == Sampling(0.0, True)
     with pytest.raises(InvalidArgumentError, match="OTEL_TRACES_SAMPLER_ARG"):
@@ -289,7 +290,8 @@ def test_the_flag_wins_over_the_sampler_variables():
 
 def test_parent_based_sampling_follows_the_caller_and_samples_new_traces_at_the_rate():
     rare = Sampling(0.0, True)
-    assert rare.sample(parse_traceparent(_traceparent(1))) and not rare.sample(parse_traceparent(_traceparent(1, False)))
+    assert rare.sample(parse_traceparent(_traceparent(1)))
+    assert not rare.sample(parse_traceparent(_traceparent(1, False)))
     assert not rare.sample(None)
     assert Sampling(1.0, False).sample(parse_traceparent(_traceparent(1, False)))
     hits = sum(Sampling(0.1, True).sample(None) for _ in range(20_000))
@@ -404,7 +406,8 @@ def test_the_example_sqlite_sink_takes_records(tmp_path, monkeypatch):
     sink.close()
     import sqlite3
 
-    rows = sqlite3.connect(tmp_path / "payloads.db").execute("select model, version, status, record from payloads").fetchall()
+    db = sqlite3.connect(tmp_path / "payloads.db")
+    rows = db.execute("select model, version, status, record from payloads").fetchall()
     assert rows[0][:3] == ("m", 1, "OK") and json.loads(rows[0][3])["inputs"]["X"]["data"] == [1.0]
 
 
@@ -416,8 +419,8 @@ def test_a_bad_sink_name_is_an_error_naming_it():
 
 
 def _serve(*args):
-    return subprocess.run([sys.executable, "-m", "modelserve.cli", "serve", "--model-repository", str(ROOT / "examples" / "models"),
-                           *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "modelserve.cli", "serve", "--model-repository",
+                           str(ROOT / "examples" / "models"), *args], capture_output=True, text=True, timeout=60)
 
 
 def test_payload_flags_without_a_log_are_a_usage_error():
@@ -458,7 +461,8 @@ def test_a_generation_is_traced_to_its_first_token_and_recorded(generative):
     client.close()
     [span] = _spans(generative, "POST /v1/completions")
     assert span.context.trace_id == 0xABC0 + 21 and span.attributes["modelserve.generated_tokens"] == 6
-    children = {c.name: c for c in _spans(generative) if c.parent is not None and c.parent.span_id == span.context.span_id}
+    children = {c.name: c for c in _spans(generative)
+                if c.parent is not None and c.parent.span_id == span.context.span_id}
     assert set(children) == {"queue", "first_token", "decode"}
     assert children["queue"].end_time <= children["first_token"].start_time + 1
     assert children["first_token"].end_time <= children["decode"].start_time + 1

@@ -134,14 +134,14 @@ def schedule(pattern: str, rate: float, seconds: float, rng: random.Random) -> l
     return times
 
 
-async def run_load(client, inputs, times: list[float]) -> list[float]:
-    """Sends a request at each of ``times``; latencies (s) from the scheduled time. A request
-    still unanswered 2 s after the last send counts as infinitely late."""
+async def run_load(client, inputs, times: list[float], model: str = MODEL) -> list[float]:
+    """Sends a request for ``model`` at each of ``times``; latencies (s) from the scheduled time.
+    A request still unanswered 2 s after the last send counts as infinitely late."""
     latencies: list[float] = []
     start = time.perf_counter() + 0.01
 
     async def one(at: float) -> None:
-        await client.infer(MODEL, inputs)
+        await client.infer(model, inputs)
         latencies.append(time.perf_counter() - at)
 
     tasks = []

@@ -114,7 +114,9 @@ def _observer(args: argparse.Namespace) -> Any:
     from .observe.payload import FileSink, PayloadLog, load_sink
     from .observe.tracing import Tracing, tracing_configured
 
-    tracing = Tracing(sample_rate=args.trace_sample_rate) if tracing_configured(os.environ, args.trace_sample_rate) else None
+    tracing = None
+    if tracing_configured(os.environ, args.trace_sample_rate):
+        tracing = Tracing(sample_rate=args.trace_sample_rate)
     payload = None
     if args.payload_log and args.payload_sink:
         raise InvalidArgumentError("give --payload-log FILE or --payload-sink module:Class, not both")

@@ -263,7 +263,8 @@ class Runtime:
         try:
             with self.repository.get(target).route(which) as mv:
                 if mv.generator is None:
-                    raise InvalidArgumentError(f"{mv.label} is not generative (backend '{mv.backend_name}'): use infer()")
+                    raise InvalidArgumentError(
+                        f"{mv.label} is not generative (backend '{mv.backend_name}'): use infer()")
                 if watch is not None:
                     watch.routed(target, mv.version)
                 return mv.generator.submit(prompt, params, priority=priority, timeout_s=timeout_s,

@@ -7,9 +7,11 @@ sampled request, hands the writer thread a record holding references to its tens
 no encoding, no I/O. The hand-off is a queue bounded in bytes (the tensors it keeps alive plus a
 fixed allowance per record, ``queue_bytes``, 64 MiB by default): when the writer falls behind (a
 slow disk, a stalled sink) the record is dropped and counted, and the request is never slowed.
-The writer thread turns records into JSON-ready dicts, computing each tensor's summary or values
-there, and gives them to the sink in batches. A sink that raises loses that batch (counted as
-``sink_error``, logged once a minute at most); the writer goes on.
+The writer thread takes what has queued every 0.1 s (at once when the queue is half full, so a
+burst is not dropped for want of a wake-up), turns the records into JSON-ready dicts, computing
+each tensor's summary or values there, and gives them to the sink in one batch. A sink that
+raises loses that batch (counted as ``sink_error``, logged once a minute at most); the writer
+goes on.
 
 A record::
 
@@ -157,7 +159,8 @@ class _Record:
             return out
         for key, tensors in (("inputs", self.inputs), ("outputs", self.outputs)):
             if tensors is not None:
-                out[key] = {name: _tensor_value(t, self.mode) for name, t in tensors.items() if name not in self.exclude}
+                out[key] = {name: _tensor_value(t, self.mode) for name, t in tensors.items()
+                            if name not in self.exclude}
         return out
 
 
@@ -212,6 +215,9 @@ class PayloadLog:
     ``sample``, ``mode`` and ``exclude``: the defaults a model's ``payload_log`` config may
     override (``settings_for(model)`` returns that config or None)."""
 
+    #: How often the writer takes what has queued (sooner when the queue is half full).
+    WRITE_INTERVAL_S = 0.1
+
     def __init__(self, sink: PayloadSink, *, sample: float = 1.0, mode: str = "summary",
                  exclude: Sequence[str] = (), queue_bytes: int = 64 * 1024 * 1024,
                  settings_for: Callable[[str], Any] | None = None) -> None:
@@ -232,6 +238,7 @@ class PayloadLog:
         self._queued_bytes = 0  # guarded by _cv
         self._closed = False    # guarded by _cv
         self._busy = False      # guarded by _cv: the writer holds records taken from the queue
+        self._hurry = False     # guarded by _cv: flush() asks for a round now
         self.written = 0        # records the sink took (writer thread)
         self.dropped = {"queue_full": 0, "sink_error": 0}
         self._last_error_log = 0.0
@@ -265,7 +272,7 @@ class PayloadLog:
                 return False
             self._queue.append(record)
             self._queued_bytes += record.nbytes
-            if len(self._queue) == 1:
+            if self._queued_bytes * 2 > self.queue_bytes:  # else the writer's next round takes it
                 self._cv.notify()
         return True
 
@@ -277,10 +284,15 @@ class PayloadLog:
     def _run(self) -> None:
         while True:
             with self._cv:
-                while not self._queue and not self._closed:
-                    self._cv.wait()
-                if not self._queue and self._closed:
-                    return
+                # Rounds every WRITE_INTERVAL_S (sooner once the queue is half full): a wake-up
+                # per record would take the GIL from the event loop as often as records come.
+                self._cv.wait_for(lambda: self._closed or self._hurry or self._queued_bytes * 2 > self.queue_bytes,
+                                  timeout=self.WRITE_INTERVAL_S)
+                self._hurry = False
+                if not self._queue:
+                    if self._closed:
+                        return
+                    continue
                 records = list(self._queue)
                 self._queue.clear()
                 self._busy = True
@@ -314,6 +326,8 @@ class PayloadLog:
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Waits until every queued record has reached the sink; False on timeout."""
         with self._cv:
+            self._hurry = True
+            self._cv.notify_all()
             return self._cv.wait_for(lambda: not self._queue and not self._busy, timeout=timeout_s)
 
     def close(self, timeout_s: float = 10.0) -> None:

@@ -159,8 +159,9 @@ def _exporter_from_env(env: Mapping[str, str]) -> Any:
             raise InvalidArgumentError(f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r} is not supported; use "
                                        "http/protobuf or grpc")
     except ImportError as e:
-        package = "opentelemetry-exporter-otlp-proto-grpc" if protocol == "grpc" else "opentelemetry-exporter-otlp-proto-http"
-        raise InvalidArgumentError(f"the OTLP {protocol} exporter is not installed ({e}); pip install {package}") from None
+        package = f"opentelemetry-exporter-otlp-proto-{'grpc' if protocol == 'grpc' else 'http'}"
+        raise InvalidArgumentError(f"the OTLP {protocol} exporter is not installed ({e}); "
+                                   f"pip install {package}") from None
     return OTLPSpanExporter()  # reads its OTEL_EXPORTER_OTLP_* variables itself
 
 
