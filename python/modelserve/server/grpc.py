@@ -77,6 +77,13 @@ Typed contents (``contents``).
     of the first bad element, the value and the expected range. NaN and infinities in
     ``fp32_contents``/``fp64_contents`` are taken as they are (the fields carry them exactly).
 
+Tracing and payload logging (modelserve.observe).
+    With either on, ModelInfer and ModelStreamInfer ask the Runtime's observer for a watch per
+    request, reading ``traceparent``/``tracestate`` from the call's metadata, and hand it to the
+    Runtime, which finishes it; a request refused before it reaches the Runtime (an unknown model
+    or version, a bad parameter) is finished here with its error. Spans are named after the rpc
+    and the model (``ModelInfer mlp``).
+
 Health.
     ServerLive, ServerReady and ModelReady answer a boolean with status OK, always (an unknown
     model is ``ready: false``). ``grpc.health.v1.Health``: service "" and
@@ -695,6 +702,13 @@ class GrpcFrontend:
         if failure is not None:
             await context.abort(*failure)
 
+    def _watch(self, model: str, streamed: bool, context: Any) -> Any:
+        """The request's watch (modelserve.observe), or None when nothing samples it."""
+        if self._observer is None:
+            return None
+        name = f"{'ModelStreamInfer' if streamed else 'ModelInfer'} {model}"
+        return self._observer.watch("grpc", name, model, _metadata_reader(context))
+
     def _generator_of(self, call: Any) -> Any:
         """The generation engine a request goes to, or None (every runtime but the in-process one
         has none)."""
@@ -728,11 +742,8 @@ class GrpcFrontend:
             params, _ = sampling_params(dict(call.parameters), 16, chat=False)
         except FieldError as e:
             raise InvalidArgumentError(f"{where}: {e}") from None
-        watch = None
-        if self._observer is not None:
-            watch = self._observer.watch("grpc", f"{'ModelStreamInfer' if streamed else 'ModelInfer'} {model}", model,
-                                         _metadata_reader(context))
-        handle = self.runtime.submit_generation(model, prompt, params, version=version, watch=watch)
+        handle = self.runtime.submit_generation(model, prompt, params, version=version,
+                                                watch=self._watch(model, streamed, context))
         try:
             if not streamed:
                 out = ""
@@ -765,11 +776,8 @@ class GrpcFrontend:
         no parsed requests (Ray's ingress), goes the Python way (:meth:`_infer_decoded`)."""
         model = call.model_name
         _check_model_name(model)
-        watch = None
-        if self._observer is not None:  # a refusal before the Runtime finishes it is recorded too
-            watch = self._observer.watch("grpc", f"{'ModelStreamInfer' if streamed else 'ModelInfer'} {model}",
-                                         model, _metadata_reader(context))
-        try:
+        watch = self._watch(model, streamed, context)
+        try:  # a refusal before the Runtime finishes the watch is recorded too
             requested = call.model_version or None
             version = self.runtime.resolve_version(model, requested)  # unknown models and versions first
             where = _where(model, version)

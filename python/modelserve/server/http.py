@@ -62,6 +62,11 @@ of the datatype's range is a 400 naming the input, the flat index of the first b
 value and what was expected; nothing is converted silently. FP16 takes JSON numbers (what
 tritonclient sends with ``binary_data=False``); BF16 is binary only, as in tritonclient. The
 ``NaN``/``Infinity`` tokens that Python's json writes are accepted for the FP datatypes.
+
+Tracing and payload logging (modelserve.observe): with either on, an inference request gets a
+watch from the Runtime's observer (``traceparent``/``tracestate`` read from its headers; its span
+is ``POST /v2/models/{m}/infer``), which the Runtime finishes; a request refused before it reaches
+the Runtime (a bad body, an unknown model) is finished here with its error.
 """
 
 from __future__ import annotations
