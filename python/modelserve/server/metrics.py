@@ -70,7 +70,7 @@ Traffic management adds metrics labelled ``endpoint`` and ``target`` (traffic_me
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST, CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, generate_latest,
@@ -180,16 +180,11 @@ class _RuntimeCollector(Collector):
         restarts = CounterMetricFamily(
             "modelserve_instance_restarts", "Worker processes that died or were killed (and restarted)", labels=mv
         )
-        for name, managed in sorted(self.runtime.repository.models.items()):
-            for version, mv_ in sorted(managed.versions.items()):
-                workers = mv_.workers
-                if workers is None or mv_.state is VersionState.UNLOADED:
-                    continue
-                labels = [name, str(version)]
-                for w in workers.workers():
-                    if w["pid"] > 0:
-                        worker_memory.add_metric(labels + [str(w["instance"])], w["pss_bytes"])
-                restarts.add_metric(labels, workers.stats()["crashes"])
+        for labels, workers in _versions_with(self.runtime, "workers"):
+            for w in workers.workers():
+                if w["pid"] > 0:
+                    worker_memory.add_metric(labels + [str(w["instance"])], w["pss_bytes"])
+            restarts.add_metric(labels, workers.stats()["crashes"])
         yield worker_memory
         yield restarts
         yield from _generation_metrics(self.runtime, mv)
@@ -206,6 +201,17 @@ class _RuntimeCollector(Collector):
         yield hit
 
 
+def _versions_with(runtime: Runtime, part: str) -> Iterator[tuple[list[str], Any]]:
+    """([model, version], the version's ``part``) of every version that has that part (process
+    ``workers``, a ``generator``, a ``drift`` monitor) and is not UNLOADED (Note [Series of what
+    exists])."""
+    for name, managed in sorted(runtime.repository.models.items()):
+        for version, mv in sorted(managed.versions.items()):
+            value = getattr(mv, part)
+            if value is not None and mv.state is not VersionState.UNLOADED:
+                yield [name, str(version)], value
+
+
 def _generation_metrics(runtime: Runtime, mv: list[str]) -> Iterator[Metric]:
     """Generative versions (backend gpt2): their engines' counters, read at scrape time."""
     ttft = HistogramMetricFamily("modelserve_time_to_first_token_seconds", "Submit to first generated token", labels=mv)
@@ -216,26 +222,21 @@ def _generation_metrics(runtime: Runtime, mv: list[str]) -> Iterator[Metric]:
     blocks = GaugeMetricFamily("modelserve_kv_cache_blocks", "KV-cache blocks by state", labels=mv + ["state"])
     preempt = CounterMetricFamily("modelserve_preemptions", "Sequences preempted for KV blocks", labels=mv)
     hit = GaugeMetricFamily("modelserve_prefix_cache_hit_ratio", "Prompt blocks found in the prefix cache", labels=mv)
-    for name, managed in sorted(runtime.repository.models.items()):
-        for version, mv_ in sorted(managed.versions.items()):
-            engine = mv_.generator
-            if engine is None or mv_.state is VersionState.UNLOADED:
-                continue
-            labels = [name, str(version)]
-            s = engine.stats()
-            for family, key in ((ttft, "time_to_first_token"), (itl, "inter_token_latency")):
-                h = s[key]
-                family.add_metric(labels, [(str(b), n) for b, n in h["buckets"]] + [("+Inf", h["count"])], h["sum"])
-            prompt.add_metric(labels, s["prompt_tokens_total"])
-            generated.add_metric(labels, s["generated_tokens_total"])
-            seqs.add_metric(labels + ["running"], s["running"])
-            seqs.add_metric(labels + ["waiting"], s["waiting"])
-            b = s["blocks"]
-            blocks.add_metric(labels + ["used"], b["in_use"])
-            blocks.add_metric(labels + ["free"], b["free"] + b["cached"])  # cached blocks are reusable
-            preempt.add_metric(labels, s["preemptions"])
-            lookups = b["prefix_hits"] + b["prefix_misses"]
-            hit.add_metric(labels, b["prefix_hits"] / lookups if lookups else 0.0)
+    for labels, engine in _versions_with(runtime, "generator"):
+        s = engine.stats()
+        for family, key in ((ttft, "time_to_first_token"), (itl, "inter_token_latency")):
+            h = s[key]
+            family.add_metric(labels, [(str(b), n) for b, n in h["buckets"]] + [("+Inf", h["count"])], h["sum"])
+        prompt.add_metric(labels, s["prompt_tokens_total"])
+        generated.add_metric(labels, s["generated_tokens_total"])
+        seqs.add_metric(labels + ["running"], s["running"])
+        seqs.add_metric(labels + ["waiting"], s["waiting"])
+        b = s["blocks"]
+        blocks.add_metric(labels + ["used"], b["in_use"])
+        blocks.add_metric(labels + ["free"], b["free"] + b["cached"])  # cached blocks are reusable
+        preempt.add_metric(labels, s["preemptions"])
+        lookups = b["prefix_hits"] + b["prefix_misses"]
+        hit.add_metric(labels, b["prefix_hits"] / lookups if lookups else 0.0)
     yield from (ttft, itl, prompt, generated, seqs, blocks, preempt, hit)
 
 
@@ -250,18 +251,13 @@ def _observe_metrics(runtime: Runtime, mv: list[str]) -> Iterator[Metric]:
                            labels=features)
     reference = GaugeMetricFamily("modelserve_input_drift_reference_requests",
                                   "Requests (or data rows) in a version's drift reference so far", labels=mv)
-    for name, managed in sorted(runtime.repository.models.items()):
-        for version, mv_ in sorted(managed.versions.items()):
-            drift = mv_.drift
-            if drift is None or mv_.state is VersionState.UNLOADED:
-                continue
-            labels = [name, str(version)]
-            snapshot = drift.snapshot()
-            reference.add_metric(labels, snapshot["reference_requests"])
-            for f in snapshot["features"]:
-                psi.add_metric(labels + [f["input"], f["feature"]], f["psi"])
-                if f["ks"] is not None:
-                    ks.add_metric(labels + [f["input"], f["feature"]], f["ks"])
+    for labels, drift in _versions_with(runtime, "drift"):
+        snapshot = drift.snapshot()
+        reference.add_metric(labels, snapshot["reference_requests"])
+        for f in snapshot["features"]:
+            psi.add_metric(labels + [f["input"], f["feature"]], f["psi"])
+            if f["ks"] is not None:
+                ks.add_metric(labels + [f["input"], f["feature"]], f["ks"])
     yield from (psi, ks, reference)
 
     observer = runtime.observer
