@@ -220,13 +220,12 @@ void DriftMonitor::add_reference(const std::string& input, const Tensor& data) {
   MS_EXPECTS(fits, kInvalidArgument, model_, ": drift reference for input '", input, "': expected rows of shape ",
              shape_str(t->dims), " (an array of shape [rows, ", shape_str(t->dims).substr(1), "), got ", shape_str(s));
   std::vector<double> values;
-  const int64_t n = extract(*t, data, false, std::numeric_limits<int64_t>::max(), values);
+  extract(*t, data, false, std::numeric_limits<int64_t>::max(), values);
   std::lock_guard<std::mutex> lock(mutex_);
   MS_EXPECTS(!complete_, kInvalidArgument, model_, ": the drift reference is complete already");
   from_data_ = true;
   t->samples.insert(t->samples.end(), values.begin(), values.end());
   reference_seen_ = std::max(reference_seen_, static_cast<int64_t>(t->samples.size() / t->features));
-  (void)n;
 }
 
 void DriftMonitor::complete_reference() {
